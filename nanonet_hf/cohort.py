@@ -1,0 +1,317 @@
+"""A cohort of K students on ONE frozen base: build it, run every student in one forward, read its trainable state.
+
+Each student is a LoRA adapter (named `student_0` … `student_{K-1}`) with its own copy of the classification head
+(PEFT's `modules_to_save`). A forward repeats the batch K times, student-major, and routes row block k through
+adapter k with PEFT's mixed adapter batch, so the frozen base weights are read once for all students.
+
+PEFT only allows mixed adapter batches at inference: `LoraModel._enable_peft_forward_hooks` refuses `adapter_names`
+in training mode, and removes its hooks when the forward returns. Under gradient checkpointing the backward pass
+re-runs the forward of each layer, and a hook that is gone by then routes every row through the active adapter,
+which silently gives wrong gradients. So the cohort registers the same kind of pre-hook itself, once, on every
+`LoraLayer` and head wrapper, and keeps the routing of the last forward until `release_routing()` (called by the
+trainer after `backward()`) or until the next forward replaces it.
+"""
+
+import contextlib
+import os
+from collections.abc import Sequence
+
+import torch
+from peft import LoraConfig, PeftConfig, PeftModel, TaskType, get_peft_model
+from peft.tuners.lora import LoraLayer
+from peft.utils.other import AuxiliaryTrainingWrapper
+from torch import nn
+from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel
+
+STUDENT_PREFIX = "student_"
+
+
+def student_name(index: int) -> str:
+    return f"{STUDENT_PREFIX}{index}"
+
+
+def parse_student_layers(value: int | str | Sequence[int] | None) -> int | list[int] | None:
+    """Read `student_layers` from a config: `None`, a count (`4` or `"4"`) or indices (`[0, 2, 4]` or `"0,2,4"`)."""
+    if value is None or isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        parts = [part.strip() for part in value.replace(" ", ",").split(",") if part.strip()]
+        try:
+            numbers = [int(part) for part in parts]
+        except ValueError:
+            raise ValueError(
+                f"student_layers must be a layer count like '3' or layer indices like '0,2,4', got {value!r}"
+            ) from None
+        return numbers[0] if len(numbers) == 1 and "," not in value else numbers
+    return [int(index) for index in value]
+
+
+def _encoder_layers(model: PreTrainedModel) -> nn.ModuleList:
+    """The `nn.ModuleList` that holds the encoder's `num_hidden_layers` blocks (`bert.encoder.layer` and the like)."""
+    num_layers = model.config.num_hidden_layers
+    for _, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) == num_layers:
+            return module
+    raise ValueError(
+        f"Cannot find the {num_layers} encoder layers of {type(model).__name__}, so `student_layers` cannot cut it."
+    )
+
+
+def select_layers(num_layers: int, student_layers: int | Sequence[int] | None) -> list[int]:
+    """Indices of the layers to keep out of `num_layers`: a count N keeps the first N, a list keeps those."""
+    if student_layers is None:
+        return list(range(num_layers))
+    if isinstance(student_layers, int):
+        if not 1 <= student_layers <= num_layers:
+            raise ValueError(f"student_layers={student_layers} must be between 1 and the base's {num_layers} layers")
+        return list(range(student_layers))
+    kept = list(student_layers)
+    bad = [index for index in kept if not 0 <= index < num_layers]
+    if not kept or bad or len(set(kept)) != len(kept) or kept != sorted(kept):
+        raise ValueError(
+            f"student_layers={kept} must be distinct increasing layer indices in 0..{num_layers - 1} (the base has "
+            f"{num_layers} layers)"
+        )
+    return kept
+
+
+def keep_layers(model: PreTrainedModel, kept: Sequence[int]) -> None:
+    """Cut `model` in place to the encoder layers `kept` (indices from `select_layers`)."""
+    layers = _encoder_layers(model)
+    if len(kept) < len(layers):
+        kept_modules = [layers[index] for index in kept]
+        del layers[:]
+        layers.extend(kept_modules)
+        model.config.num_hidden_layers = len(kept)
+
+
+def load_base(
+    model_name_or_path: str | os.PathLike,
+    *,
+    id2label: dict[int, str],
+    student_layers: int | Sequence[int] | None = None,
+) -> tuple[PreTrainedModel, list[int]]:
+    """Load a sequence classifier with the label space `id2label`, cut to `student_layers`; also return the kept
+    layer indices.
+
+    Only safetensors weights are loaded (`use_safetensors=True`), and remote code is never trusted.
+    """
+    id2label = {int(index): str(name) for index, name in id2label.items()}
+    config = AutoConfig.from_pretrained(
+        model_name_or_path,
+        num_labels=len(id2label),
+        id2label=id2label,
+        label2id={name: index for index, name in id2label.items()},
+    )
+    kept = select_layers(config.num_hidden_layers, parse_student_layers(student_layers))  # before loading weights
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            # a head for another label space is fine: every student re-initialises its own head
+            model_name_or_path, config=config, use_safetensors=True, ignore_mismatched_sizes=True
+        )
+    except OSError as error:
+        if os.path.isdir(model_name_or_path) and not any(
+            name.endswith(".safetensors") for name in os.listdir(model_name_or_path)
+        ):
+            raise ValueError(
+                f"{model_name_or_path} holds no .safetensors weights; nanonet_hf loads safetensors only (pickle "
+                "weights can run code when loaded). Convert it with `save_pretrained` in a trusted environment."
+            ) from error
+        raise
+    keep_layers(model, kept)
+    return model, kept
+
+
+def check_adapter_config(config: PeftConfig) -> None:
+    """Refuse adapter settings that cannot route a mixed adapter batch (PEFT would ignore or reject the routing)."""
+    if not isinstance(config, LoraConfig):
+        raise ValueError(
+            f"Adapter type {config.peft_type.value if config.peft_type else type(config).__name__!r} cannot train "
+            "a cohort in one forward: only LoRA honours PEFT's per-row `adapter_names` (IA3, LoHa and others "
+            "silently run the active adapter for every row). Use a LoraConfig."
+        )
+    if config.use_dora:
+        raise ValueError("LoRA with use_dora=True cannot run mixed adapter batches (PEFT raises); set use_dora=False.")
+    if getattr(config, "target_parameters", None):
+        raise ValueError("LoRA on `target_parameters` cannot run mixed adapter batches; use target_modules.")
+
+
+class StudentCohort(nn.Module):
+    """K students (LoRA adapter + own head each) on one frozen base; `forward` returns logits `[batch, K, classes]`.
+
+    Build it with [`StudentCohort.from_pretrained`]. The base's weights are frozen; every student's LoRA weights and
+    head are trainable, so an optimizer built afterwards sees all of them.
+
+    Args:
+        peft_model (`PeftModel`): a sequence-classification PEFT model holding adapters `student_0` … `student_{K-1}`.
+        base_model_name_or_path (`str`): where the base was loaded from, kept for export.
+        student_layers (`list[int]`): indices of the base layers the students keep.
+    """
+
+    def __init__(self, peft_model: PeftModel, *, base_model_name_or_path: str, student_layers: list[int]):
+        super().__init__()
+        self.peft_model = peft_model
+        self.base_model_name_or_path = str(base_model_name_or_path)
+        self.student_layers = list(student_layers)
+        self.student_names = sorted(
+            (name for name in peft_model.peft_config if name.startswith(STUDENT_PREFIX)),
+            key=lambda name: int(name[len(STUDENT_PREFIX) :]),
+        )
+        if not self.student_names:
+            raise ValueError(f"The PEFT model has no adapters named {STUDENT_PREFIX}0, {STUDENT_PREFIX}1, ...")
+        for name in self.student_names:
+            check_adapter_config(peft_model.peft_config[name])
+        self._routing: list[str] | None = None
+        for module in peft_model.modules():
+            if isinstance(module, (LoraLayer, AuxiliaryTrainingWrapper)):
+                module.register_forward_pre_hook(self._route, with_kwargs=True)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_name_or_path: str | os.PathLike,
+        *,
+        id2label: dict[int, str],
+        num_students: int = 4,
+        student_layers: int | Sequence[int] | None = None,
+        lora_config: LoraConfig | None = None,
+        seed: int = 0,
+    ) -> "StudentCohort":
+        """Load the base, cut it, and add `num_students` LoRA students that start different.
+
+        PEFT's default LoRA init is a no-op (B = 0) and `modules_to_save` copies one head, so K fresh students would
+        be identical, the mutual loss exactly 0, and, with identical inputs, their gradients identical forever. Each
+        student therefore gets its own seeded LoRA init and its own seeded head.
+
+        Args:
+            model_name_or_path (`str` or `os.PathLike`): a local folder or Hub id of an encoder.
+            id2label (`dict[int, str]`): the label space.
+            num_students (`int`, *optional*, defaults to `4`): K, at least 1.
+            student_layers (`int` or `list[int]`, *optional*): keep the first N layers, or these layer indices.
+            lora_config (`LoraConfig`, *optional*): adapter settings shared by all students; defaults to
+                `LoraConfig(r=8, lora_alpha=16)` on PEFT's default target modules for the architecture.
+            seed (`int`, *optional*, defaults to `0`): student k is initialised from seed `seed + k`.
+        """
+        if num_students < 1:
+            raise ValueError(f"num_students must be at least 1, got {num_students}")
+        lora_config = lora_config if lora_config is not None else LoraConfig(r=8, lora_alpha=16)
+        check_adapter_config(lora_config)
+        lora_config.task_type = TaskType.SEQ_CLS
+        base, kept = load_base(model_name_or_path, id2label=id2label, student_layers=student_layers)
+        base.requires_grad_(False)
+
+        names = [student_name(k) for k in range(num_students)]
+        peft_model = None
+        for k, name in enumerate(names):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed + k)
+                if peft_model is None:
+                    peft_model = get_peft_model(base, lora_config, adapter_name=name)
+                else:
+                    peft_model.add_adapter(name, lora_config)
+                _reset_head(peft_model, name, std=getattr(base.config, "initializer_range", 0.02))
+        peft_model.set_requires_grad(names, True)
+        return cls(peft_model, base_model_name_or_path=str(model_name_or_path), student_layers=kept)
+
+    # ---- properties ----
+
+    @property
+    def num_students(self) -> int:
+        return len(self.student_names)
+
+    @property
+    def config(self):
+        """The (cut) base model's config, with the label space."""
+        return self.peft_model.get_base_model().config
+
+    # ---- one forward for all students ----
+
+    def _route(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        if self._routing is not None:
+            kwargs["adapter_names"] = self._routing
+        return args, kwargs
+
+    def release_routing(self) -> None:
+        """Forget the routing of the last forward; call after `backward()` (the trainer does)."""
+        self._routing = None
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits of every student, `[batch, K, classes]`, from one forward of the base over a K× batch."""
+        batch, num_students = input_ids.shape[0], self.num_students
+
+        def repeat(tensor: torch.Tensor | None) -> torch.Tensor | None:
+            return None if tensor is None else tensor.repeat(num_students, *([1] * (tensor.dim() - 1)))  # [K*B, ...]
+
+        # student-major: rows k*B … (k+1)*B−1 go through student k. Kept after the forward for checkpoint recompute.
+        self._routing = [name for name in self.student_names for _ in range(batch)]
+        outputs = self.peft_model(
+            input_ids=repeat(input_ids), attention_mask=repeat(attention_mask), token_type_ids=repeat(token_type_ids)
+        )
+        if not torch.is_grad_enabled():
+            self._routing = None  # no backward will follow
+        return outputs.logits.view(num_students, batch, -1).transpose(0, 1)  # [B, K, C]
+
+    @contextlib.contextmanager
+    def single_student(self, name: str):
+        """Make `name` the active adapter of `peft_model` for a plain forward, restoring the previous one after."""
+        self.release_routing()
+        previous = self.peft_model.active_adapter
+        self.peft_model.base_model.set_adapter(name)
+        try:
+            yield self.peft_model
+        finally:
+            self.peft_model.base_model.set_adapter(previous)
+            # set_adapter freezes the other adapters; every student stays trainable
+            self.peft_model.set_requires_grad(self.student_names, True)
+
+    # ---- gradient checkpointing (called by Trainer) ----
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        # Non-reentrant checkpointing needs no input that requires grad, so the frozen embeddings stay frozen.
+        kwargs = {"use_reentrant": False, **(gradient_checkpointing_kwargs or {})}
+        self.peft_model.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+    def gradient_checkpointing_disable(self) -> None:
+        self.peft_model.get_base_model().gradient_checkpointing_disable()
+
+    # ---- trainable state (checkpoints) ----
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Every student's LoRA weights and head: all that training changes."""
+        return {name: param.detach().contiguous() for name, param in self.named_parameters() if param.requires_grad}
+
+    def load_trainable_state_dict(self, state_dict: dict[str, torch.Tensor], *, source: str = "checkpoint") -> None:
+        """Load what `trainable_state_dict` wrote; the keys must match exactly."""
+        expected = set(self.trainable_state_dict())
+        missing, unexpected = sorted(expected - set(state_dict)), sorted(set(state_dict) - expected)
+        if missing or unexpected:
+            raise ValueError(
+                f"{source} does not match this cohort ({self.num_students} students): missing {len(missing)} "
+                f"tensors (e.g. {missing[:3]}), unexpected {len(unexpected)} (e.g. {unexpected[:3]}). Was it written "
+                "with other num_students, lora settings or student_layers?"
+            )
+        self.load_state_dict(state_dict, strict=False)
+
+    def num_trainable_parameters(self, per_student: bool = False) -> int:
+        total = sum(param.numel() for param in self.parameters() if param.requires_grad)
+        return total // self.num_students if per_student else total
+
+
+def _reset_head(peft_model: PeftModel, adapter_name: str, *, std: float) -> None:
+    """Re-initialise the head copy of `adapter_name` from the current RNG (normal(0, std) weights, zero biases)."""
+    found = False
+    for module in peft_model.modules():
+        if isinstance(module, AuxiliaryTrainingWrapper) and adapter_name in getattr(module, "modules_to_save", {}):
+            for layer in module.modules_to_save[adapter_name].modules():
+                if isinstance(layer, nn.Linear):
+                    nn.init.normal_(layer.weight, std=std)
+                    if layer.bias is not None:
+                        nn.init.zeros_(layer.bias)
+            found = True
+    if not found:
+        raise ValueError(f"No classification head was found for {adapter_name}: the base has no `classifier`/`score`.")

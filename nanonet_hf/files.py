@@ -1,0 +1,54 @@
+"""Writes that never leave a half-written result behind: build in a temporary sibling, then move into place."""
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike) -> Iterator[str]:
+    """Yield a temporary folder beside `path`; when the block succeeds it replaces `path`, else it is removed.
+
+    A crash inside the block leaves at most a `.tmp-*` folder, never a `path` that looks complete.
+    """
+    path = os.path.abspath(path)
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".tmp-{os.path.basename(path)}-", dir=parent)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    replace_directory(tmp, path)
+
+
+def replace_directory(source: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Move the folder `source` to `path` (same file system), replacing any folder there with renames only."""
+    path = os.path.abspath(path)
+    old = None
+    if os.path.exists(path):
+        old = tempfile.mkdtemp(prefix=f".old-{os.path.basename(path)}-", dir=os.path.dirname(path))
+        os.replace(path, os.path.join(old, "previous"))
+    os.replace(source, path)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def write_json(path: str | os.PathLike, data) -> None:
+    """Write `data` as indented JSON through a temporary file and an atomic rename."""
+    path = os.path.abspath(path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=os.path.dirname(path))
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, indent=2)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise

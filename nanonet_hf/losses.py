@@ -1,0 +1,121 @@
+"""The losses of mutual distillation, as pure functions.
+
+Tensors in, tensor out, keyword-only knobs, no trainer state. Every function takes the cohort's logits shaped
+`[batch, K, classes]` (K students, see `StudentCohort.forward`) and returns one loss per student, shaped `[K]`, so
+the trainer can log each student's terms and sum them: students never see each other's gradients.
+
+Rows are selected with masks rather than by indexing, so a batch with no row of a kind (no labeled row, no
+unlabeled row) gives a finite zero that is still attached to the graph.
+"""
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100  # label of an unlabeled row, as in transformers
+
+
+def _masked_mean(per_row: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Weighted mean over rows of `per_row` `[B, K]` with `weights` `[B]`; zero when all weights are zero."""
+    weights = weights.to(per_row.dtype)
+    total = weights.sum()
+    # clamp keeps an empty mask at 0 / 1 = 0 instead of 0 / 0 = NaN (HF's CE over all -100 labels returns NaN)
+    return (per_row * weights[:, None]).sum(dim=0) / total.clamp(min=1e-12)  # [K]
+
+
+def supervised_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of each student on the labeled rows (`labels != -100`).
+
+    Args:
+        logits (`torch.Tensor`): `[B, K, C]` student logits.
+        labels (`torch.Tensor`): `[B]` class ids, `-100` for unlabeled rows.
+
+    Returns:
+        `torch.Tensor`: `[K]`, the mean CE over labeled rows; zero for every student when no row is labeled.
+    """
+    batch, num_students, num_classes = logits.shape
+    labeled = labels != IGNORE_INDEX  # [B]
+    targets = labels.clamp(min=0)[:, None].expand(batch, num_students)  # [B, K]
+    per_row = F.cross_entropy(logits.reshape(-1, num_classes), targets.reshape(-1), reduction="none")
+    return _masked_mean(per_row.view(batch, num_students), labeled)  # [K]
+
+
+def distillation_loss(
+    logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Knowledge distillation: τ² · Σ_u w_u · KL(softmax(t_u/τ) ‖ softmax(z_u/τ)) / Σ_u w_u for each student.
+
+    Args:
+        logits (`torch.Tensor`): `[B, K, C]` student logits.
+        teacher_logits (`torch.Tensor`): `[B, C]` teacher logits (no gradient flows into them).
+        temperature (`float`, *optional*, defaults to `1.0`): softening temperature τ; the τ² factor keeps gradient
+            magnitudes comparable across temperatures (Hinton et al., 2015).
+        weights (`torch.Tensor`, *optional*): `[B]` non-negative row weights, e.g. 1 for unlabeled rows and 0 for the
+            rest. Defaults to all ones.
+
+    Returns:
+        `torch.Tensor`: `[K]`; zero when every weight is zero.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if weights is None:
+        weights = torch.ones(logits.shape[0], device=logits.device)
+    teacher_logp = F.log_softmax(teacher_logits.detach().float() / temperature, dim=-1)[:, None, :]  # [B, 1, C]
+    student_logp = F.log_softmax(logits.float() / temperature, dim=-1)  # [B, K, C]
+    per_row = (teacher_logp.exp() * (teacher_logp - student_logp)).sum(dim=-1)  # [B, K]
+    return temperature**2 * _masked_mean(per_row, weights)
+
+
+def mutual_loss(
+    logits: torch.Tensor,
+    *,
+    kind: str = "kl",
+    temperature: float = 1.0,
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mutual learning: each student k is pulled towards every peer j ≠ k, whose logits are detached.
+
+    L_mut^k = 1/(K−1) · Σ_{j≠k} D(z_k, stopgrad z_j), averaged over rows.
+
+    Args:
+        logits (`torch.Tensor`): `[B, K, C]` student logits.
+        kind (`str`, *optional*, defaults to `"kl"`): `"kl"` for KL(softmax(z_j/τ) ‖ softmax(z_k/τ)) · τ² as in deep
+            mutual learning, `"mse"` for the mean squared difference of logits as in DisCo and PS-Net.
+        temperature (`float`, *optional*, defaults to `1.0`): softening temperature of the `"kl"` kind.
+        weights (`torch.Tensor`, *optional*): `[B]` row weights. Defaults to all ones.
+
+    Returns:
+        `torch.Tensor`: `[K]`; zeros when K = 1 or when all students agree.
+    """
+    batch, num_students, num_classes = logits.shape
+    if weights is None:
+        weights = torch.ones(batch, device=logits.device)
+    if num_students == 1:
+        return (logits * 0).sum(dim=(0, 2))  # [K], attached to the graph
+    peers = logits.detach()
+    if kind == "kl":
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        logp = F.log_softmax(logits.float() / temperature, dim=-1)  # [B, K, C] student k
+        peer_logp = F.log_softmax(peers.float() / temperature, dim=-1)  # [B, K, C] peer j
+        # pair[b, k, j] = KL(p_j ‖ p_k) = Σ_c p_j (log p_j − log p_k)
+        pair = (peer_logp.exp()[:, None, :, :] * (peer_logp[:, None, :, :] - logp[:, :, None, :])).sum(-1)
+        pair = pair * temperature**2  # [B, K, K]
+    elif kind == "mse":
+        pair = ((logits.float()[:, :, None, :] - peers.float()[:, None, :, :]) ** 2).mean(-1)  # [B, K, K]
+    else:
+        raise ValueError(f"mutual loss kind must be 'kl' or 'mse', got {kind!r}")
+    # the diagonal (k = j) is zero for both kinds, so summing over all j and dividing by K − 1 averages the peers
+    per_row = pair.sum(dim=-1) / (num_students - 1)  # [B, K]
+    return _masked_mean(per_row, weights)
+
+
+def linear_rampup(step: int, total_steps: int, *, ratio: float) -> float:
+    """Weight r(t) = min(1, t / (ratio · T)) of the mutual term; 1 from the start when `ratio` is 0."""
+    ramp_steps = ratio * total_steps
+    if ramp_steps <= 0:
+        return 1.0
+    return min(1.0, step / ramp_steps)

@@ -1,0 +1,226 @@
+import os
+from collections import defaultdict
+from collections.abc import Callable
+
+import safetensors.torch
+import torch
+from datasets import Dataset
+from torch import nn
+from transformers import AutoTokenizer, EvalPrediction, PreTrainedTokenizerBase, Trainer, TrainerCallback
+from transformers.utils import SAFE_WEIGHTS_NAME
+
+from .cohort import StudentCohort
+from .data import MODEL_INPUT_NAMES, CohortCollator, MixedBatchSampler
+from .losses import IGNORE_INDEX, distillation_loss, linear_rampup, mutual_loss, supervised_loss
+from .metrics import cohort_metrics
+from .mutual_distillation_config import MutualDistillationConfig
+
+
+class MutualDistillationTrainer(Trainer):
+    """Trains a [`StudentCohort`]: K students on one frozen base, all in one forward per step.
+
+    For student k, with labeled rows (x_l, y) and unlabeled rows x_u in the same batch:
+
+        L^k = CE(z_k(x_l), y) + λ_kd · KD(t(x_u) ‖ z_k(x_u)) + λ_mut · r(t) · 1/(K−1) Σ_{j≠k} D(z_k, stopgrad z_j)
+
+    and the step minimises Σ_k L^k. Teacher logits `t` come precomputed in a `teacher_logits` column (see
+    [`nanonet_hf.teacher.add_teacher_logits`]); without that column the KD term is off.
+
+    Args:
+        model ([`StudentCohort`] or `str`):
+            The cohort, or a base model path/id from which one is built with the cohort settings of `args` and the
+            label names of `train_dataset`'s `labels` (or `label`) `ClassLabel` feature.
+        args ([`MutualDistillationConfig`], *optional*):
+            Training configuration; defaults to one with `output_dir="nanonet_output"`.
+        train_dataset (`datasets.Dataset`, *optional*):
+            Tokenized rows with `labels` (-100 for unlabeled), optional `teacher_logits`, labeled rows first (see
+            [`nanonet_hf.data.training_dataset`]).
+        eval_dataset (`datasets.Dataset` or `dict[str, datasets.Dataset]`, *optional*):
+            Tokenized labeled rows; evaluation reports each student, the ensemble and the best student.
+        processing_class ([`~transformers.PreTrainedTokenizerBase`], *optional*):
+            Tokenizer; loaded from `model` when that is a path.
+        data_collator, compute_metrics, callbacks, optimizers:
+            As in [`~transformers.Trainer`]; defaults are [`CohortCollator`] and [`cohort_metrics`].
+    """
+
+    _tag_names = ["nanonet", "mutual-distillation", "peft"]
+    _name = "Mutual Distillation"
+    # compute_loss returns a per-batch mean, not a sum normalised by num_items_in_batch: Trainer must divide it by
+    # the gradient accumulation steps.
+    loss_is_scaled_for_ga = False
+
+    def __init__(
+        self,
+        model: StudentCohort | str,
+        args: MutualDistillationConfig | None = None,
+        data_collator: Callable | None = None,
+        train_dataset: Dataset | None = None,
+        eval_dataset: Dataset | dict[str, Dataset] | None = None,
+        processing_class: PreTrainedTokenizerBase | None = None,
+        compute_metrics: Callable[[EvalPrediction], dict] | None = None,
+        callbacks: list[TrainerCallback] | None = None,
+        optimizers: tuple = (None, None),
+    ):
+        # ---- args ----
+        if args is None:
+            args = MutualDistillationConfig(output_dir="nanonet_output")
+        if not isinstance(args, MutualDistillationConfig):
+            raise TypeError(f"args must be a MutualDistillationConfig, got {type(args).__name__}")
+
+        # ---- model ----
+        if isinstance(model, (str, os.PathLike)):
+            if processing_class is None:
+                processing_class = AutoTokenizer.from_pretrained(model)
+            model = StudentCohort.from_pretrained(
+                model,
+                id2label=_id2label_from(train_dataset, eval_dataset),
+                num_students=args.num_students,
+                student_layers=args.student_layers,
+                lora_config=args.lora_config(),
+                seed=args.seed,
+            )
+        if not isinstance(model, StudentCohort):
+            raise TypeError(f"model must be a StudentCohort or a model path, got {type(model).__name__}")
+
+        # ---- data ----
+        if data_collator is None:
+            if processing_class is None:
+                raise ValueError("Pass processing_class (the tokenizer) or a data_collator.")
+            data_collator = CohortCollator(processing_class)
+
+        # ---- metrics ----
+        # already passed through accelerator.gather; averaged and cleared in `log`
+        self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            compute_metrics=compute_metrics if compute_metrics is not None else cohort_metrics,
+            callbacks=callbacks,
+            optimizers=optimizers,
+        )
+
+    # ---- data ----
+
+    def _set_signature_columns_if_needed(self):
+        # The cohort's forward takes the model inputs only; the loss also needs `labels` and `teacher_logits`.
+        # Trainer would drop those columns, so keep them explicitly.
+        if self._signature_columns is None:
+            self._signature_columns = [*MODEL_INPUT_NAMES, "labels", "teacher_logits"]
+
+    def _get_train_sampler(self, train_dataset: Dataset | None = None):
+        train_dataset = train_dataset if train_dataset is not None else self.train_dataset
+        labels = train_dataset["labels"]
+        num_labeled = sum(label != IGNORE_INDEX for label in labels)
+        if any(label != IGNORE_INDEX for label in labels[num_labeled:]):
+            raise ValueError("The training dataset must hold its labeled rows first; build it with `training_dataset`.")
+        return MixedBatchSampler(
+            num_labeled,
+            len(labels) - num_labeled,
+            batch_size=self.args.per_device_train_batch_size,
+            unlabeled_ratio=self.args.unlabeled_ratio,
+            seed=self.args.seed,
+        )
+
+    # ---- loss ----
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, torch.Tensor],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | None = None,
+    ):
+        args = self.args
+        labels = inputs["labels"]  # [B]
+        teacher_logits = inputs.get("teacher_logits")  # [B, C] or None
+        logits = model(**{key: inputs[key] for key in MODEL_INPUT_NAMES if key in inputs})  # [B, K, C]
+
+        sup = supervised_loss(logits, labels)  # [K]
+        if teacher_logits is not None and args.lambda_kd > 0:
+            unlabeled = (labels == IGNORE_INDEX).float()  # KD on unlabeled rows only
+            kd = distillation_loss(logits, teacher_logits, temperature=args.temperature, weights=unlabeled)  # [K]
+        else:
+            kd = torch.zeros_like(sup)
+        mut = mutual_loss(logits, kind=args.mutual_loss)  # [K]
+        ramp = linear_rampup(self.state.global_step, self.state.max_steps, ratio=args.rampup_ratio) if model.training else 1.0
+        per_student = sup + args.lambda_kd * kd + args.lambda_mut * ramp * mut  # [K]
+        loss = per_student.sum()
+
+        mode = "train" if model.training else "eval"
+        terms = torch.stack([sup, kd, mut, per_student]).detach()  # [4, K]
+        terms = self.accelerator.gather_for_metrics(terms[None]).mean(dim=0)  # [4, K] averaged over processes
+        metrics = self._metrics[mode]
+        for name, row in zip(("sup", "kd", "mut"), terms[:3]):
+            metrics[f"loss_{name}"].append(row.mean().item())
+        for k, value in enumerate(terms[3].tolist()):
+            metrics[f"student_{k}_loss"].append(value)
+        if mode == "train":
+            metrics["mutual_weight"].append(args.lambda_mut * ramp)
+        return (loss, logits) if return_outputs else loss
+
+    def training_step(self, model: nn.Module, inputs: dict, num_items_in_batch=None) -> torch.Tensor:
+        try:
+            return super().training_step(model, inputs, num_items_in_batch)
+        finally:
+            # the cohort keeps its routing until backward (gradient checkpointing recomputes the forward there)
+            self.accelerator.unwrap_model(model).release_routing()
+
+    def prediction_step(self, model: nn.Module, inputs: dict, prediction_loss_only: bool, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad():
+            loss, logits = self.compute_loss(model, inputs, return_outputs=True)
+        if prediction_loss_only:
+            return loss.detach(), None, None
+        return loss.detach(), logits.detach(), inputs.get("labels")  # logits [B, K, C]: one column per student
+
+    # ---- logging ----
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "train" if self.model.training else "eval"
+        metrics = {key: sum(values) / len(values) for key, values in self._metrics[mode].items() if values}
+        if mode == "eval":
+            metrics = {f"eval_{key}": value for key, value in metrics.items()}
+        super().log({**logs, **metrics}, start_time)
+        self._metrics[mode].clear()
+
+    # ---- checkpoints: only what training changes ----
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        # The frozen base is the same at every step; a checkpoint holds the students (LoRA weights and heads).
+        if state_dict is None:
+            state_dict = self.accelerator.unwrap_model(self.model).trainable_state_dict()
+        super()._save(output_dir, state_dict=state_dict)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        # Trainer's own loader would either reload non-active PEFT adapters as frozen or load non-strictly; this one
+        # checks that the checkpoint holds exactly this cohort's students.
+        cohort = self.accelerator.unwrap_model(model if model is not None else self.model)
+        path = os.path.join(resume_from_checkpoint, SAFE_WEIGHTS_NAME)
+        if not os.path.isfile(path):
+            raise ValueError(f"Can't find a cohort checkpoint at {resume_from_checkpoint}: {SAFE_WEIGHTS_NAME} is missing.")
+        try:
+            state_dict = safetensors.torch.load_file(path, device="cpu")
+        except Exception as error:  # safetensors raises its own error types for truncated or corrupt files
+            raise ValueError(f"The checkpoint {path} cannot be read (truncated or corrupt?): {error}") from error
+        cohort.load_trainable_state_dict(state_dict, source=path)
+
+    def _load_best_model(self) -> None:
+        self._load_from_checkpoint(self.state.best_model_checkpoint)
+
+
+def _id2label_from(*datasets: Dataset | dict | None) -> dict[int, str]:
+    for dataset in datasets:
+        for candidate in dataset.values() if isinstance(dataset, dict) else [dataset]:
+            for column in ("labels", "label"):
+                feature = candidate.features.get(column) if candidate is not None else None
+                if feature is not None and hasattr(feature, "names"):
+                    return dict(enumerate(feature.names))
+    raise ValueError(
+        "Cannot tell the label names to build a cohort from a model path: give train_dataset or eval_dataset a "
+        "`labels` ClassLabel column, or pass a StudentCohort built with `StudentCohort.from_pretrained(..., id2label=...)`."
+    )

@@ -1,0 +1,129 @@
+"""The teacher: fine-tune one on the labeled rows (or load the user's), and its logits on the training rows, cached.
+
+The teacher tokenizes the texts itself, so it may use another vocabulary than the students (MPNet vs BERT).
+"""
+
+import hashlib
+import logging
+import os
+
+import numpy as np
+from datasets import Dataset, config as datasets_config
+from datasets.fingerprint import Hasher
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainingArguments
+
+from .cohort import load_base
+from .data import tokenize
+from .files import atomic_directory
+from .inference import predict_logits
+
+logger = logging.getLogger(__name__)
+
+
+def train_teacher(
+    model_name_or_path: str,
+    labeled: Dataset,
+    output_dir: str,
+    *,
+    num_train_epochs: float = 20,
+    learning_rate: float = 5e-5,
+    batch_size: int = 16,
+    max_length: int = 64,
+    seed: int = 0,
+) -> str:
+    """Fine-tune the full-depth `model_name_or_path` on `labeled` (`text`, `label`) with a plain Trainer.
+
+    Saves a sequence classifier and its tokenizer to `output_dir` (atomically) and returns that path.
+    """
+    id2label = dict(enumerate(labeled.features["label"].names))
+    tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
+    model, _ = load_base(model_name_or_path, id2label=id2label)
+    train = tokenize(labeled.rename_column("label", "labels"), tokenizer, max_length).remove_columns("text")
+    with atomic_directory(output_dir) as tmp:
+        args = TrainingArguments(
+            output_dir=tmp,
+            num_train_epochs=num_train_epochs,
+            learning_rate=learning_rate,
+            per_device_train_batch_size=batch_size,
+            warmup_steps=0.1,
+            weight_decay=0.01,
+            save_strategy="no",
+            logging_steps=10,
+            report_to="none",
+            seed=seed,
+            disable_tqdm=True,
+        )
+        Trainer(model=model, args=args, train_dataset=train, processing_class=tokenizer).train()
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return output_dir
+
+
+def check_teacher(teacher_name_or_path: str, label_names: list[str]) -> None:
+    """Raise unless the teacher's config predicts exactly `label_names`, in order (reads the config only)."""
+    config = AutoConfig.from_pretrained(teacher_name_or_path)
+    teacher_labels = [config.id2label[i] for i in range(config.num_labels)]
+    if teacher_labels != list(label_names):
+        raise ValueError(
+            f"The teacher {teacher_name_or_path} predicts labels {teacher_labels}, but the data's labels are "
+            f"{list(label_names)}. A teacher must share the label space, in the same order (config.id2label)."
+        )
+
+
+def load_teacher(teacher_name_or_path: str, label_names: list[str]):
+    """Load a teacher classifier (safetensors only) and its tokenizer, after `check_teacher`."""
+    check_teacher(teacher_name_or_path, label_names)
+    model = AutoModelForSequenceClassification.from_pretrained(teacher_name_or_path, use_safetensors=True)
+    return model, AutoTokenizer.from_pretrained(teacher_name_or_path)
+
+
+def _folder_fingerprint(path: str) -> str:
+    """A hash of a model folder's config and weights, so a retrained teacher never reuses stale logits."""
+    if not os.path.isdir(path):
+        return Hasher.hash(path)
+    digest = hashlib.sha256()
+    for name in sorted(os.listdir(path)):
+        if name == "config.json" or name.endswith(".safetensors"):
+            digest.update(name.encode())
+            with open(os.path.join(path, name), "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def add_teacher_logits(
+    dataset: Dataset,
+    teacher_name_or_path: str,
+    *,
+    label_names: list[str],
+    max_length: int = 64,
+    batch_size: int = 64,
+    cache_dir: str | None = None,
+) -> Dataset:
+    """Add a `teacher_logits` column (C floats per row) computed from the `text` column, once.
+
+    The result is an Arrow file in the datasets cache, keyed by the texts, the teacher's weights and `max_length`;
+    a later run (or another process, see `TrainingArguments.main_process_first`) with the same key reads it back.
+    """
+    fingerprint = Hasher.hash([dataset._fingerprint, _folder_fingerprint(teacher_name_or_path), max_length])
+    cache_dir = cache_dir or os.path.join(datasets_config.HF_DATASETS_CACHE, "nanonet_hf", "teacher_logits")
+    os.makedirs(cache_dir, exist_ok=True)
+    cache_file = os.path.join(cache_dir, f"{fingerprint}.arrow")
+    state = {}
+
+    def compute(batch: dict) -> dict:
+        if not state:  # load the teacher only when the cache misses
+            state["model"], state["tokenizer"] = load_teacher(teacher_name_or_path, label_names)
+        logits = predict_logits(
+            state["model"], state["tokenizer"], batch["text"], batch_size=batch_size, max_length=max_length
+        )
+        return {"teacher_logits": logits.astype(np.float32).tolist()}
+
+    return dataset.map(
+        compute,
+        batched=True,
+        batch_size=1024,
+        cache_file_name=cache_file,
+        new_fingerprint=fingerprint,
+        desc="Teacher logits",
+    )

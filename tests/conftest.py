@@ -1,0 +1,73 @@
+import json
+import os
+import random
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the Hub
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import pytest
+import torch
+from datasets import ClassLabel, Dataset, Features, Value
+from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+LABELS = ["sport", "food", "tech"]
+CLASS_WORDS = {
+    "sport": ["goal", "match", "team", "score", "coach", "league"],
+    "food": ["pasta", "bread", "salad", "spicy", "cook", "dinner"],
+    "tech": ["laptop", "code", "chip", "server", "phone", "cloud"],
+}
+SHARED_WORDS = ["the", "a", "today", "was", "very", "new", "and", "we", "like", "this"]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> str:
+    """A 3-layer BERT with hidden size 16 and a word-level vocabulary of the toy data, saved as safetensors."""
+    path = tmp_path_factory.mktemp("tiny-bert")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *SHARED_WORDS, *sum(CLASS_WORDS.values(), [])]
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(path / "vocab.txt"), do_lower_case=True)
+    tokenizer.save_pretrained(path)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=16,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    BertForSequenceClassification(config).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny_model_dir):
+    return BertTokenizerFast.from_pretrained(tiny_model_dir)
+
+
+def make_texts(n_per_class: int, seed: int) -> tuple[list[str], list[int]]:
+    rng = random.Random(seed)
+    texts, labels = [], []
+    for label, name in enumerate(LABELS):
+        for _ in range(n_per_class):
+            words = rng.sample(CLASS_WORDS[name], 2) + rng.sample(SHARED_WORDS, 3)
+            rng.shuffle(words)
+            texts.append(" ".join(words))
+            labels.append(label)
+    return texts, labels
+
+
+@pytest.fixture
+def toy_pool() -> Dataset:
+    texts, labels = make_texts(20, seed=0)
+    features = Features({"text": Value("string"), "label": ClassLabel(names=LABELS)})
+    return Dataset.from_dict({"text": texts, "label": labels}, features=features)
+
+
+def write_jsonl(path, rows: list[dict]) -> str:
+    with open(path, "w") as handle:
+        for row in rows:
+            handle.write(json.dumps(row) + "\n")
+    return str(path)

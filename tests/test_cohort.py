@@ -1,0 +1,162 @@
+import pytest
+import torch
+from peft import IA3Config, LoHaConfig, LoraConfig
+from torch.utils.checkpoint import CheckpointError
+
+from nanonet_hf.cohort import StudentCohort, parse_student_layers
+
+ID2LABEL = {0: "sport", 1: "food", 2: "tech"}
+
+
+def build(tiny_model_dir, num_students=3, **kwargs):
+    # init_lora_weights=False: random A and B, so LoRA is not a no-op and a routing mistake changes the logits
+    kwargs.setdefault("lora_config", LoraConfig(r=4, lora_alpha=8, init_lora_weights=False))
+    return StudentCohort.from_pretrained(tiny_model_dir, id2label=ID2LABEL, num_students=num_students, **kwargs)
+
+
+@pytest.fixture
+def batch(tokenizer):
+    texts = ["the team score a goal", "spicy pasta for dinner today", "new laptop chip", "we like this cloud server"]
+    return tokenizer(texts, padding=True, return_tensors="pt")
+
+
+def per_student_logits(cohort, batch):
+    out = []
+    for name in cohort.student_names:
+        with cohort.single_student(name) as model:
+            out.append(model(**batch).logits)
+    return torch.stack(out, dim=1)  # [B, K, C]
+
+
+@pytest.mark.parametrize("train_mode", [False, True])
+def test_cohort_logits_equal_per_adapter_forwards(tiny_model_dir, batch, train_mode):
+    cohort = build(tiny_model_dir)
+    cohort.train(train_mode)  # the tiny model has no dropout, so train mode is deterministic too
+    logits = cohort(**batch)
+    assert logits.shape == (4, 3, 3)
+    torch.testing.assert_close(logits, per_student_logits(cohort, batch), atol=1e-5, rtol=0)
+
+
+def test_students_start_different(tiny_model_dir, batch):
+    cohort = StudentCohort.from_pretrained(tiny_model_dir, id2label=ID2LABEL, num_students=3)  # PEFT's default init
+    logits = cohort(**batch)
+    for j in range(1, 3):
+        assert not torch.allclose(logits[:, 0], logits[:, j])
+
+
+def grads_of_one_step(cohort, batch):
+    cohort.train()
+    cohort.zero_grad()
+    logits = cohort(**batch)
+    # a loss that weighs students differently, so that a routing mistake shows in the gradients
+    (logits * torch.arange(1, 4)[None, :, None]).pow(2).sum().backward()
+    cohort.release_routing()
+    return {name: param.grad.clone() for name, param in cohort.named_parameters() if param.grad is not None}
+
+
+def test_backward_reaches_every_student_and_never_the_base(tiny_model_dir, batch):
+    cohort = build(tiny_model_dir)
+    grads = grads_of_one_step(cohort, batch)
+    trainable = {name for name, param in cohort.named_parameters() if param.requires_grad}
+    assert set(grads) == trainable
+    for student in cohort.student_names:
+        lora = [name for name in trainable if f"lora_A.{student}" in name or f"lora_B.{student}" in name]
+        head = [name for name in trainable if f"modules_to_save.{student}" in name]
+        assert lora and head
+        assert all(grads[name].abs().sum() > 0 for name in lora + head), student
+    frozen = [param for param in cohort.parameters() if not param.requires_grad]
+    assert frozen and all(param.grad is None for param in frozen)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_model_dir, batch):
+    cohort = build(tiny_model_dir)
+    plain = grads_of_one_step(cohort, batch)
+    cohort.gradient_checkpointing_enable()
+    checkpointed = grads_of_one_step(cohort, batch)
+    assert set(plain) == set(checkpointed)
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], atol=1e-6, rtol=1e-5)
+
+
+def test_checkpointing_without_kept_routing_fails(tiny_model_dir, batch):
+    # Negative control for the test above: drop the routing before backward (what PEFT's own context manager does)
+    # and the recomputed forward differs from the original one, which non-reentrant checkpointing detects.
+    cohort = build(tiny_model_dir)
+    cohort.gradient_checkpointing_enable()
+    cohort.train()
+    logits = cohort(**batch)
+    cohort.release_routing()
+    with pytest.raises(CheckpointError):
+        (logits * torch.arange(1, 4)[None, :, None]).pow(2).sum().backward()
+
+
+def test_gradients_equal_those_of_per_adapter_forwards(tiny_model_dir, batch):
+    cohort = build(tiny_model_dir)
+    mixed = grads_of_one_step(cohort, batch)
+    cohort.zero_grad()
+    for k, name in enumerate(cohort.student_names):
+        with cohort.single_student(name) as model:
+            ((k + 1) * model(**batch).logits).pow(2).sum().backward()
+    for name, param in cohort.named_parameters():
+        if param.requires_grad:
+            torch.testing.assert_close(param.grad, mixed[name], atol=1e-5, rtol=1e-4)
+
+
+def test_a_step_on_one_student_leaves_the_others_and_the_base_untouched(tiny_model_dir, batch):
+    cohort = build(tiny_model_dir)
+    before = {name: param.detach().clone() for name, param in cohort.named_parameters()}
+    optimizer = torch.optim.SGD([p for p in cohort.parameters() if p.requires_grad], lr=1.0)
+    cohort.train()
+    cohort(**batch)[:, 1].pow(2).sum().backward()  # only student 1's output in the loss
+    cohort.release_routing()
+    optimizer.step()
+    changed = {name for name, param in cohort.named_parameters() if not torch.equal(param, before[name])}
+    assert changed and all("student_1" in name for name in changed)
+
+
+def test_trainable_state_round_trip_and_mismatch(tiny_model_dir):
+    cohort, other = build(tiny_model_dir), build(tiny_model_dir, seed=7)
+    other.load_trainable_state_dict(cohort.trainable_state_dict())
+    theirs = other.trainable_state_dict()
+    for name, tensor in cohort.trainable_state_dict().items():
+        assert torch.equal(tensor, theirs[name]), name
+    with pytest.raises(ValueError, match="does not match this cohort"):
+        build(tiny_model_dir, num_students=2).load_trainable_state_dict(cohort.trainable_state_dict())
+
+
+def test_student_layers_cut_the_base(tiny_model_dir, batch):
+    cohort = build(tiny_model_dir, student_layers=[0, 2])
+    assert cohort.config.num_hidden_layers == 2 and cohort.student_layers == [0, 2]
+    assert cohort(**batch).shape == (4, 3, 3)
+    assert build(tiny_model_dir, student_layers=1).config.num_hidden_layers == 1
+
+
+@pytest.mark.parametrize(
+    "value, expected", [(None, None), (2, 2), ("2", 2), ("0,2", [0, 2]), ([1, 2], [1, 2]), ("1, 2", [1, 2])]
+)
+def test_parse_student_layers(value, expected):
+    assert parse_student_layers(value) == expected
+
+
+@pytest.mark.parametrize("layers, message", [(5, "between 1 and"), ([2, 0], "increasing"), ([0, 3], "0..2")])
+def test_bad_student_layers_are_refused(tiny_model_dir, layers, message):
+    with pytest.raises(ValueError, match=message):
+        build(tiny_model_dir, student_layers=layers)
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        (IA3Config(target_modules=["query", "value"], feedforward_modules=[]), "only LoRA"),
+        (LoHaConfig(target_modules=["query", "value"]), "only LoRA"),
+        (LoraConfig(use_dora=True), "use_dora"),
+    ],
+)
+def test_adapter_types_that_cannot_mix_batches_are_refused(tiny_model_dir, config, message):
+    with pytest.raises(ValueError, match=message):
+        StudentCohort.from_pretrained(tiny_model_dir, id2label=ID2LABEL, lora_config=config)
+
+
+def test_num_students_must_be_positive(tiny_model_dir):
+    with pytest.raises(ValueError, match="num_students"):
+        build(tiny_model_dir, num_students=0)

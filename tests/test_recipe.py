@@ -1,0 +1,85 @@
+"""The recipe: its command line, its input checks, and one end-to-end run on the real packaged model and TREC-6."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from .conftest import write_jsonl
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "recipes"))
+
+import train as recipe  # noqa: E402
+
+
+def test_yaml_sets_defaults_and_flags_override(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("dataset: trec6\nlabels_per_class: 5\nnum_students: 3\nlearning_rate: 0.002\noutput_dir: a\n")
+    script, training = recipe.parse_args(["--config", str(config), "--num_students", "2", "--output_dir", "b"])
+    assert (script.dataset, script.labels_per_class) == ("trec6", 5)
+    assert (training.num_students, training.learning_rate, training.output_dir) == (2, 0.002, "b")
+
+
+def test_unknown_yaml_key_is_named(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("dataset: trec6\nnum_studnets: 3\n")
+    with pytest.raises(SystemExit, match=r"unknown option\(s\) \['num_studnets'\]"):
+        recipe.parse_args(["--config", str(config)])
+
+
+def test_bad_input_fails_before_any_work(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="Unknown dataset 'trec7'"):
+        recipe.main(*recipe.parse_args(["--dataset", "trec7", "--labels_per_class", "5", "--output_dir", str(out)]))
+    rows = [{"text": f"text {i}", "label": "a" if i % 2 else "b"} for i in range(10)]
+    labeled = write_jsonl(tmp_path / "pool.jsonl", rows)
+    with pytest.raises(ValueError, match="'a' has 5"):
+        recipe.main(
+            *recipe.parse_args(["--labeled_file", labeled, "--labels_per_class", "6", "--output_dir", str(out)])
+        )
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_recipe_end_to_end_on_the_real_model_and_trec6(tmp_path):
+    out = tmp_path / "run"
+    command = [
+        sys.executable, os.path.join(ROOT, "recipes", "train.py"),
+        "--config", os.path.join(ROOT, "recipes", "configs", "trec6.yaml"),
+        "--output_dir", str(out),
+        "--labels_per_class", "4",
+        "--max_unlabeled", "96",
+        "--num_students", "2",
+        "--per_device_train_batch_size", "8",
+        "--max_steps", "6",
+        "--teacher_epochs", "1",
+        "--selection_rows", "32",
+        "--logging_steps", "3",
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| teacher" in result.stdout and "| ensemble of students" in result.stdout
+
+    results = json.loads((out / "results.json").read_text())
+    assert results["label_budget"] == {"labels_per_class": 4, "labeled": 24, "unlabeled": 96, "test": 500}
+    assert len(results["students"]) == 2 and results["chosen_student"] in (0, 1)
+    for entry in [results["teacher"], results["ensemble"], results["supervised_only"], *results["students"]]:
+        assert 0 <= entry["accuracy"] <= 1 and 0 <= entry["macro_f1"] <= 1
+    assert results["cohort"]["steps"] == 6
+
+    # the exported student is a plain transformers model with the TREC labels, and scores as it did in the cohort
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from nanonet_hf.data import load_trec6
+    from nanonet_hf.inference import predict_logits
+
+    model = AutoModelForSequenceClassification.from_pretrained(out / "student")
+    assert list(model.config.id2label.values()) == ["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"]
+    test = load_trec6()["test"]
+    predictions = predict_logits(model, AutoTokenizer.from_pretrained(out / "student"), test["text"]).argmax(-1)
+    accuracy = float((predictions == np.asarray(test["label"])).mean())
+    assert accuracy == pytest.approx(results["students"][results["chosen_student"]]["accuracy"], abs=1e-9)

@@ -1,0 +1,165 @@
+import math
+import os
+
+import pytest
+import torch
+from peft import LoraConfig
+
+from nanonet_hf import MutualDistillationConfig, MutualDistillationTrainer, StudentCohort
+from nanonet_hf.data import CohortCollator, sample_per_class, tokenize, training_dataset
+from nanonet_hf.losses import IGNORE_INDEX
+
+from .conftest import LABELS
+
+ID2LABEL = dict(enumerate(LABELS))
+
+
+@pytest.fixture
+def datasets(toy_pool, tokenizer):
+    labeled, rest = sample_per_class(toy_pool, 4, seed=0)
+    train = training_dataset(labeled, rest.remove_columns("label"))
+    generator = torch.Generator().manual_seed(0)
+    train = train.add_column("teacher_logits", (3 * torch.randn(len(train), 3, generator=generator)).tolist())
+    evaluation = tokenize(rest.rename_column("label", "labels"), tokenizer, 16)
+    return tokenize(train, tokenizer, 16), evaluation
+
+
+def make_args(tmp_path, **overrides):
+    values = dict(
+        output_dir=str(tmp_path / "out"),
+        max_steps=3,
+        per_device_train_batch_size=8,
+        per_device_eval_batch_size=16,
+        num_students=3,
+        learning_rate=1e-2,  # high, so every trained tensor visibly moves in a few steps
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+    )
+    values.update(overrides)
+    return MutualDistillationConfig(**values)
+
+
+def make_trainer(tiny_model_dir, tokenizer, args, train, evaluation=None):
+    cohort = StudentCohort.from_pretrained(
+        tiny_model_dir, id2label=ID2LABEL, num_students=args.num_students, lora_config=args.lora_config(), seed=args.seed
+    )
+    return MutualDistillationTrainer(
+        model=cohort, args=args, train_dataset=train, eval_dataset=evaluation, processing_class=tokenizer
+    )
+
+
+def test_training_moves_every_student_logs_every_term_and_students_diverge(tiny_model_dir, tokenizer, datasets, tmp_path):
+    train, _ = datasets
+    trainer = make_trainer(tiny_model_dir, tokenizer, make_args(tmp_path, gradient_accumulation_steps=2), train)
+    before = {name: t.clone() for name, t in trainer.model.trainable_state_dict().items()}
+    frozen = {name: p.detach().clone() for name, p in trainer.model.named_parameters() if not p.requires_grad}
+    trainer.train()
+    after = trainer.model.trainable_state_dict()
+    assert all(not torch.equal(before[name], after[name]) for name in before)
+    assert all(torch.equal(p, frozen[name]) for name, p in trainer.model.named_parameters() if not p.requires_grad)
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(logs) == 3
+    for key in ("loss_sup", "loss_kd", "loss_mut", "mutual_weight", "student_0_loss", "student_2_loss"):
+        assert all(math.isfinite(entry[key]) for entry in logs), key
+    assert logs[-1]["loss_kd"] > 0 and logs[-1]["loss_mut"] > 0
+    # students differ: their LoRA B matrices (all zero at PEFT's init) and their heads moved apart
+    b0, b1 = (after[n] for n in after if "layer.0.attention.self.query.lora_B" in n and n.endswith(("student_0.weight", "student_1.weight")))
+    assert not torch.allclose(b0, b1)
+
+
+def test_gradient_accumulation_matches_one_large_batch(tiny_model_dir, tokenizer, datasets, tmp_path):
+    train, _ = datasets
+    collator = CohortCollator(tokenizer)
+    # a batch of 8 whose halves each hold 1 labeled + 3 unlabeled rows, as the sampler composes them
+    rows = [train[i] for i in (0, 12, 13, 14, 1, 15, 16, 17)]
+    assert [row["labels"] != IGNORE_INDEX for row in rows].count(True) == 2
+
+    def grads(accumulation):
+        trainer = make_trainer(tiny_model_dir, tokenizer, make_args(tmp_path, gradient_accumulation_steps=accumulation), train)
+        trainer.create_optimizer()
+        trainer.current_gradient_accumulation_steps = accumulation
+        trainer.state.max_steps = 10
+        size = len(rows) // accumulation
+        for start in range(0, len(rows), size):
+            trainer.training_step(trainer.model, collator(rows[start : start + size]))
+        return {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+
+    one, two = grads(1), grads(2)
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], atol=1e-6, rtol=1e-4)
+
+
+def test_evaluation_scores_each_student_the_ensemble_and_names_the_best(tiny_model_dir, tokenizer, datasets, tmp_path):
+    train, evaluation = datasets
+    trainer = make_trainer(tiny_model_dir, tokenizer, make_args(tmp_path), train, evaluation)
+    metrics = trainer.evaluate()
+    for key in ("student_0_accuracy", "student_2_macro_f1", "ensemble_accuracy", "best_student", "best_student_accuracy"):
+        assert f"eval_{key}" in metrics
+    best = int(metrics["eval_best_student"])
+    assert metrics["eval_best_student_accuracy"] == max(metrics[f"eval_student_{k}_accuracy"] for k in range(3))
+    assert metrics[f"eval_student_{best}_accuracy"] == metrics["eval_best_student_accuracy"]
+    assert math.isfinite(metrics["eval_loss"])
+    logged = trainer.state.log_history[-1]  # the loss terms are logged with the eval_ prefix
+    assert {"eval_loss_sup", "eval_loss_mut", "eval_student_1_loss"} <= set(logged)
+
+
+def test_resume_from_checkpoint_reaches_the_same_weights(tiny_model_dir, tokenizer, datasets, tmp_path):
+    train, _ = datasets
+    args = make_args(tmp_path, max_steps=4, save_strategy="steps", save_steps=2)
+    full = make_trainer(tiny_model_dir, tokenizer, args, train)
+    full.train()
+    checkpoint = os.path.join(args.output_dir, "checkpoint-2")
+    assert os.path.isfile(os.path.join(checkpoint, "model.safetensors"))
+
+    resumed = make_trainer(tiny_model_dir, tokenizer, make_args(tmp_path, max_steps=4, output_dir=str(tmp_path / "b")), train)
+    resumed.train(resume_from_checkpoint=checkpoint)
+    assert resumed.state.global_step == 4
+    expected = full.model.trainable_state_dict()
+    for name, tensor in resumed.model.trainable_state_dict().items():
+        torch.testing.assert_close(tensor, expected[name], atol=1e-6, rtol=1e-5)
+
+
+def test_resume_refuses_a_checkpoint_of_another_cohort(tiny_model_dir, tokenizer, datasets, tmp_path):
+    train, _ = datasets
+    args = make_args(tmp_path, max_steps=2, save_strategy="steps", save_steps=2)
+    make_trainer(tiny_model_dir, tokenizer, args, train).train()
+    other = make_trainer(tiny_model_dir, tokenizer, make_args(tmp_path, max_steps=4, num_students=2), train)
+    with pytest.raises(ValueError, match="does not match this cohort"):
+        other.train(resume_from_checkpoint=os.path.join(args.output_dir, "checkpoint-2"))
+
+
+def test_labeled_rows_only_without_teacher_trains(tiny_model_dir, tokenizer, toy_pool, tmp_path):
+    labeled, _ = sample_per_class(toy_pool, 4, seed=0)
+    empty = toy_pool.select([]).remove_columns("label")
+    train = tokenize(training_dataset(labeled, empty), tokenizer, 16)
+    trainer = make_trainer(tiny_model_dir, tokenizer, make_args(tmp_path), train)
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert all(math.isfinite(entry["loss"]) and entry["loss_kd"] == 0 for entry in logs)
+
+
+def test_trainer_builds_the_cohort_from_a_model_path(tiny_model_dir, datasets, tmp_path):
+    train, evaluation = datasets
+    trainer = MutualDistillationTrainer(
+        model=tiny_model_dir, args=make_args(tmp_path, num_students=2, max_steps=1), train_dataset=train, eval_dataset=evaluation
+    )
+    assert trainer.model.num_students == 2 and trainer.model.config.id2label == ID2LABEL
+    trainer.train()
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"num_students": 0}, "num_students must be at least 1"),
+        ({"adapter_type": "ia3"}, "adapter_type='ia3' cannot train a cohort"),
+        ({"mutual_loss": "cosine"}, "mutual_loss"),
+        ({"student_layers": "two"}, "student_layers"),
+    ],
+)
+def test_config_refuses_bad_values(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        make_args(tmp_path, **overrides)
