@@ -10,7 +10,14 @@ import os
 import numpy as np
 from datasets import Dataset, config as datasets_config
 from datasets.fingerprint import Hasher
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainingArguments
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    Trainer,
+    TrainingArguments,
+    set_seed,
+)
 
 from .cohort import load_base
 from .data import tokenize
@@ -26,7 +33,7 @@ def train_teacher(
     output_dir: str,
     *,
     num_train_epochs: float = 20,
-    learning_rate: float = 5e-5,
+    learning_rate: float = 3e-4,
     batch_size: int = 16,
     max_length: int = 64,
     seed: int = 0,
@@ -37,6 +44,7 @@ def train_teacher(
     """
     id2label = dict(enumerate(labeled.features["label"].names))
     tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
+    set_seed(seed)  # the new head's init, not whatever ran before, decides the teacher: few labels make it matter
     model, _ = load_base(model_name_or_path, id2label=id2label)
     train = tokenize(labeled.rename_column("label", "labels"), tokenizer, max_length).remove_columns("text")
     with atomic_directory(output_dir) as tmp:

@@ -66,7 +66,9 @@ class ScriptArguments:
         metadata={"help": "A sequence classifier with the same labels. Default: fine-tune the full-depth base here."},
     )
     teacher_epochs: float = field(default=20, metadata={"help": "Epochs of the teacher fine-tune on the labeled rows."})
-    teacher_learning_rate: float = field(default=5e-5, metadata={"help": "Learning rate of the teacher fine-tune."})
+    teacher_learning_rate: float = field(
+        default=3e-4, metadata={"help": "Learning rate of the teacher fine-tune (few labels want a high one)."}
+    )
     dataset: str | None = field(
         default=None, metadata={"help": "Built-in dataset: 'trec6' or 'rotten_tomatoes' (fixed test split)."}
     )
