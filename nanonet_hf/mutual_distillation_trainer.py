@@ -153,7 +153,8 @@ class MutualDistillationTrainer(Trainer):
 
         mode = "train" if model.training else "eval"
         terms = torch.stack([sup, kd, mut, per_student]).detach()  # [4, K]
-        terms = self.accelerator.gather_for_metrics(terms[None]).mean(dim=0)  # [4, K] averaged over processes
+        # one row per process: `gather`, not `gather_for_metrics`, whose end-of-data trimming counts samples
+        terms = self.accelerator.gather(terms[None]).mean(dim=0)  # [4, K] averaged over processes
         metrics = self._metrics[mode]
         for name, row in zip(("sup", "kd", "mut"), terms[:3]):
             metrics[f"loss_{name}"].append(row.mean().item())

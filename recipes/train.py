@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import yaml
-from transformers import AutoTokenizer, HfArgumentParser, set_seed
+from transformers import AutoConfig, AutoTokenizer, HfArgumentParser, set_seed
 
 from nanonet_hf import (
     MutualDistillationConfig,
@@ -43,6 +43,7 @@ from nanonet_hf import (
     train_teacher,
     training_dataset,
 )
+from nanonet_hf.cohort import parse_student_layers, select_layers
 from nanonet_hf.data import tokenize
 from nanonet_hf.files import write_json
 from nanonet_hf.inference import predict_logits
@@ -161,6 +162,8 @@ def main(script_args: ScriptArguments, training_args: MutualDistillationConfig) 
     if script_args.teacher_name_or_path:
         script_args.teacher_name_or_path = resolve_model_path(script_args.teacher_name_or_path)
         check_teacher(script_args.teacher_name_or_path, data.label_names)
+    num_layers = AutoConfig.from_pretrained(model_path).num_hidden_layers
+    select_layers(num_layers, parse_student_layers(training_args.student_layers))  # a bad cut fails before training
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     logger.info("labeled %d, unlabeled %d, test %d", len(data.labeled), len(data.unlabeled), len(data.test))
 
@@ -250,8 +253,9 @@ def main(script_args: ScriptArguments, training_args: MutualDistillationConfig) 
     )
     # choose without test labels: agreement with the teacher on unlabeled rows (labeled rows when there are none)
     if len(data.unlabeled):
-        rows = data.unlabeled.select(range(min(script_args.selection_rows, len(data.unlabeled))))
-        reference = np.asarray(add_teacher_logits(rows, teacher_path, label_names=data.label_names, max_length=training_args.max_length)["teacher_logits"]).argmax(-1)
+        start = len(data.labeled)  # `train` holds the labeled rows first, then the unlabeled ones
+        rows = train.select(range(start, start + min(script_args.selection_rows, len(data.unlabeled))))
+        reference = np.asarray(rows["teacher_logits"]).argmax(-1)
         selection = "agreement with the teacher on unlabeled rows"
     else:
         rows, reference = data.labeled, np.asarray(data.labeled["label"])

@@ -41,6 +41,10 @@ def test_bad_input_fails_before_any_work(tmp_path):
         recipe.main(
             *recipe.parse_args(["--labeled_file", labeled, "--labels_per_class", "6", "--output_dir", str(out)])
         )
+    with pytest.raises(ValueError, match="student_layers=9 must be between 1 and the base's 6 layers"):
+        recipe.main(
+            *recipe.parse_args(["--dataset", "trec6", "--labels_per_class", "2", "--student_layers", "9", "--output_dir", str(out)])
+        )
     assert not out.exists()
 
 
