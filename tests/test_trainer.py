@@ -2,6 +2,7 @@ import math
 import os
 
 import pytest
+import safetensors.torch
 import torch
 from peft import LoraConfig
 
@@ -163,3 +164,29 @@ def test_trainer_builds_the_cohort_from_a_model_path(tiny_model_dir, datasets, t
 def test_config_refuses_bad_values(tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):
         make_args(tmp_path, **overrides)
+
+
+def test_load_best_model_at_end_restores_the_best_checkpoint(tiny_model_dir, tokenizer, datasets, tmp_path):
+    train, evaluation = datasets
+    args = make_args(
+        tmp_path,
+        max_steps=4,
+        eval_strategy="steps",
+        eval_steps=2,
+        save_strategy="steps",
+        save_steps=2,
+        load_best_model_at_end=True,
+        metric_for_best_model="score",
+    )
+    scores = iter([1.0, 0.0])  # the first evaluation (step 2) is the best, so loading it rewinds the weights
+    trainer = make_trainer(tiny_model_dir, tokenizer, args, train, evaluation)
+    trainer.compute_metrics = lambda prediction: {"score": next(scores)}
+    trainer.train()
+    assert trainer.state.best_model_checkpoint.endswith("checkpoint-2")
+
+    def saved(step):
+        return safetensors.torch.load_file(os.path.join(args.output_dir, f"checkpoint-{step}", "model.safetensors"))
+
+    best, last, now = saved(2), saved(4), trainer.model.trainable_state_dict()
+    assert all(torch.equal(tensor, best[name]) for name, tensor in now.items())
+    assert any(not torch.equal(tensor, last[name]) for name, tensor in now.items())
