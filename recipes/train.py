@@ -253,8 +253,8 @@ def main(script_args: ScriptArguments, training_args: MutualDistillationConfig) 
     )
     # choose without test labels: agreement with the teacher on unlabeled rows (labeled rows when there are none)
     if len(data.unlabeled):
-        start = len(data.labeled)  # `train` holds the labeled rows first, then the unlabeled ones
-        rows = train.select(range(start, start + min(script_args.selection_rows, len(data.unlabeled))))
+        first = len(data.labeled)  # `train` holds the labeled rows first, then the unlabeled ones
+        rows = train.select(range(first, first + min(script_args.selection_rows, len(data.unlabeled))))
         reference = np.asarray(rows["teacher_logits"]).argmax(-1)
         selection = "agreement with the teacher on unlabeled rows"
     else:

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -64,7 +65,9 @@ def test_recipe_end_to_end_on_the_real_model_and_trec6(tmp_path):
         "--selection_rows", "32",
         "--logging_steps", "3",
     ]  # fmt: skip
+    began = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    elapsed = time.perf_counter() - began
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| teacher" in result.stdout and "| ensemble of students" in result.stdout
 
@@ -74,6 +77,8 @@ def test_recipe_end_to_end_on_the_real_model_and_trec6(tmp_path):
     for entry in [results["teacher"], results["ensemble"], results["supervised_only"], *results["students"]]:
         assert 0 <= entry["accuracy"] <= 1 and 0 <= entry["macro_f1"] <= 1
     assert results["cohort"]["steps"] == 6
+    wall = results["wall_time_s"]
+    assert sum(value for key, value in wall.items() if key != "total_s") <= wall["total_s"] + 0.5 <= elapsed + 0.5
 
     # the exported student is a plain transformers model with the TREC labels, and scores as it did in the cohort
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
