@@ -269,15 +269,23 @@ class StudentCohort(nn.Module):
             # set_adapter freezes the other adapters; every student stays trainable
             self.peft_model.set_requires_grad(self.student_names, True)
 
-    # ---- gradient checkpointing (called by Trainer) ----
+    # ---- activation (gradient) checkpointing, called by Trainer when `activation_checkpointing=True` ----
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+    def activation_checkpointing_enable(
+        self, activation_checkpointing_kwargs: dict | None = None, every_n_layers: int = 1, offload: bool = False
+    ) -> None:
         # Non-reentrant checkpointing needs no input that requires grad, so the frozen embeddings stay frozen.
-        kwargs = {"use_reentrant": False, **(gradient_checkpointing_kwargs or {})}
-        self.peft_model.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        kwargs = {"use_reentrant": False, **(activation_checkpointing_kwargs or {})}
+        self.peft_model.get_base_model().activation_checkpointing_enable(
+            activation_checkpointing_kwargs=kwargs, every_n_layers=every_n_layers, offload=offload
+        )
 
-    def gradient_checkpointing_disable(self) -> None:
-        self.peft_model.get_base_model().gradient_checkpointing_disable()
+    def activation_checkpointing_disable(self) -> None:
+        self.peft_model.get_base_model().activation_checkpointing_disable()
+
+    @property
+    def is_activation_checkpointing(self) -> bool:
+        return self.peft_model.get_base_model().is_activation_checkpointing
 
     # ---- trainable state (checkpoints) ----
 

@@ -71,7 +71,7 @@ def test_backward_reaches_every_student_and_never_the_base(tiny_model_dir, batch
 def test_gradient_checkpointing_gives_the_same_gradients(tiny_model_dir, batch):
     cohort = build(tiny_model_dir)
     plain = grads_of_one_step(cohort, batch)
-    cohort.gradient_checkpointing_enable()
+    cohort.activation_checkpointing_enable()
     checkpointed = grads_of_one_step(cohort, batch)
     assert set(plain) == set(checkpointed)
     for name in plain:
@@ -82,7 +82,8 @@ def test_checkpointing_without_kept_routing_fails(tiny_model_dir, batch):
     # Negative control for the test above: drop the routing before backward (what PEFT's own context manager does)
     # and the recomputed forward differs from the original one, which non-reentrant checkpointing detects.
     cohort = build(tiny_model_dir)
-    cohort.gradient_checkpointing_enable()
+    cohort.activation_checkpointing_enable()
+    assert cohort.is_activation_checkpointing
     cohort.train()
     logits = cohort(**batch)
     cohort.release_routing()

@@ -72,6 +72,19 @@ def test_training_moves_every_student_logs_every_term_and_students_diverge(tiny_
     assert not torch.allclose(b0, b1)
 
 
+def test_activation_checkpointing_through_trainer_args(tiny_model_dir, tokenizer, datasets, tmp_path):
+    train, _ = datasets
+    plain = make_trainer(tiny_model_dir, tokenizer, make_args(tmp_path, max_steps=2), train)
+    plain.train()
+    args = make_args(tmp_path, max_steps=2, activation_checkpointing=True, output_dir=str(tmp_path / "ckpt"))
+    checkpointed = make_trainer(tiny_model_dir, tokenizer, args, train)
+    checkpointed.train()
+    assert checkpointed.model.is_activation_checkpointing
+    expected = plain.model.trainable_state_dict()
+    for name, tensor in checkpointed.model.trainable_state_dict().items():
+        torch.testing.assert_close(tensor, expected[name], atol=1e-6, rtol=1e-5)
+
+
 def test_gradient_accumulation_matches_one_large_batch(tiny_model_dir, tokenizer, datasets, tmp_path):
     train, _ = datasets
     collator = CohortCollator(tokenizer)
