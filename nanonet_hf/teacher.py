@@ -4,7 +4,6 @@ The teacher tokenizes the texts itself, so it may use another vocabulary than th
 """
 
 import hashlib
-import logging
 import os
 
 import numpy as np
@@ -23,8 +22,6 @@ from .cohort import load_base
 from .data import tokenize
 from .files import atomic_directory
 from .inference import predict_logits
-
-logger = logging.getLogger(__name__)
 
 
 def train_teacher(

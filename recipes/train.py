@@ -21,7 +21,6 @@ student trained on the same labels with the same budget.
 """
 
 import argparse
-import json
 import logging
 import os
 import sys

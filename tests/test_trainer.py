@@ -4,7 +4,6 @@ import os
 import pytest
 import safetensors.torch
 import torch
-from peft import LoraConfig
 
 from nanonet_hf import MutualDistillationConfig, MutualDistillationTrainer, StudentCohort
 from nanonet_hf.data import CohortCollator, sample_per_class, tokenize, training_dataset
