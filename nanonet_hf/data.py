@@ -38,13 +38,12 @@ def _package_file(package: str, relative_path: str, install_hint: str) -> str:
 def _with_fixed_test_split(texts: list[str], labels: list[int], names: list[str], test_size: int) -> DatasetDict:
     features = Features({"text": Value("string"), "label": ClassLabel(names=names)})
     order = np.random.default_rng(TEST_SPLIT_SEED).permutation(len(texts))
-    test, train = sorted(order[:test_size]), sorted(order[test_size:])
-    return DatasetDict(
-        {
-            "train": Dataset.from_dict({"text": [texts[i] for i in train], "label": [labels[i] for i in train]}, features),
-            "test": Dataset.from_dict({"text": [texts[i] for i in test], "label": [labels[i] for i in test]}, features),
-        }
-    )
+
+    def subset(indices) -> Dataset:
+        rows = sorted(indices)
+        return Dataset.from_dict({"text": [texts[i] for i in rows], "label": [labels[i] for i in rows]}, features)
+
+    return DatasetDict({"train": subset(order[test_size:]), "test": subset(order[:test_size])})
 
 
 def _drop_conflicts(pairs: Sequence[tuple[str, str]]) -> tuple[list[str], list[str]]:
@@ -104,10 +103,14 @@ def load_rotten_tomatoes() -> DatasetDict:
 BUILTIN_DATASETS = {"trec6": load_trec6, "rotten_tomatoes": load_rotten_tomatoes}
 
 
-def load_builtin_dataset(name: str) -> DatasetDict:
-    """A built-in dataset by name: `DatasetDict` with `train` (the pool) and a fixed `test` split."""
+def check_builtin_dataset(name: str) -> None:
     if name not in BUILTIN_DATASETS:
         raise ValueError(f"Unknown dataset {name!r}; built-in datasets are {sorted(BUILTIN_DATASETS)}.")
+
+
+def load_builtin_dataset(name: str) -> DatasetDict:
+    """A built-in dataset by name: `DatasetDict` with `train` (the pool) and a fixed `test` split."""
+    check_builtin_dataset(name)
     return BUILTIN_DATASETS[name]()
 
 
@@ -203,7 +206,8 @@ def sample_per_class(dataset: Dataset, labels_per_class: int, seed: int) -> tupl
             "Lower the budget or add examples."
         )
     rng = np.random.default_rng(seed)
-    chosen = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:labels_per_class] for c in range(len(names))])
+    per_class = [rng.permutation(np.flatnonzero(labels == c))[:labels_per_class] for c in range(len(names))]
+    chosen = np.concatenate(per_class)
     chosen_set = set(chosen.tolist())
     rest = [i for i in range(len(dataset)) if i not in chosen_set]
     return dataset.select(sorted(chosen_set)), dataset.select(rest)
@@ -247,8 +251,7 @@ def prepare_data(
     if (dataset is None) == (labeled_file is None):
         raise ValueError("Give either --dataset (built-in: trec6, rotten_tomatoes) or --labeled_file, not both.")
     if dataset is not None:
-        if dataset not in BUILTIN_DATASETS:  # before reading any file
-            raise ValueError(f"Unknown dataset {dataset!r}; built-in datasets are {sorted(BUILTIN_DATASETS)}.")
+        check_builtin_dataset(dataset)  # before reading any file
         if labels_per_class is None:
             raise ValueError(f"--labels_per_class is required with the built-in dataset {dataset!r}.")
     if labels_per_class is not None and labels_per_class < 1:

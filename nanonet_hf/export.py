@@ -63,9 +63,10 @@ def export_student(
         cohort.release_routing()
         cohort.peft_model.save_pretrained(os.path.join(tmp, "adapters"), selected_adapters=[name])
         shutil.move(os.path.join(tmp, "adapters", name), adapter_dir)
-        for leftover in ("README.md",):  # PEFT's generic card names a local path as base_model; the hub card replaces it
-            if os.path.exists(os.path.join(adapter_dir, leftover)):
-                os.remove(os.path.join(adapter_dir, leftover))
+        # PEFT's generic card names a local path as base_model; the Hub card replaces it
+        peft_card = os.path.join(adapter_dir, "README.md")
+        if os.path.exists(peft_card):
+            os.remove(peft_card)
         config_path = os.path.join(adapter_dir, "adapter_config.json")
         with open(config_path) as handle:
             adapter_config = json.load(handle)

@@ -65,7 +65,9 @@ class MutualDistillationConfig(TrainingArguments):
     """
 
     # ---- cohort ----
-    num_students: int = field(default=4, metadata={"help": "Number of students K (each a LoRA adapter with its own head)."})
+    num_students: int = field(
+        default=4, metadata={"help": "Number of students K (each a LoRA adapter with its own head)."}
+    )
     adapter_type: str = field(
         default="lora", metadata={"help": "Adapter of each student; only 'lora' can run a mixed adapter batch."}
     )
@@ -114,9 +116,8 @@ class MutualDistillationConfig(TrainingArguments):
             )
         if self.mutual_loss not in ("kl", "mse"):
             raise ValueError(f"mutual_loss must be 'kl' or 'mse', got {self.mutual_loss!r}")
-        for name in ("temperature",):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
         for name in ("lambda_kd", "lambda_mut", "unlabeled_ratio", "lora_dropout"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
