@@ -1,8 +1,10 @@
 """A cohort of K students on ONE frozen base: build it, run every student in one forward, read its trainable state.
 
 Each student is a LoRA adapter (named `student_0` … `student_{K-1}`) with its own copy of the classification head
-(PEFT's `modules_to_save`). A forward repeats the batch K times, student-major, and routes row block k through
-adapter k with PEFT's mixed adapter batch, so the frozen base weights are read once for all students.
+(PEFT's `modules_to_save`). Adapters may sit on the top layers only (`adapter_layers`); the layers below the first
+adapted layer are then a shared trunk. A forward runs the embeddings and the trunk ONCE on the batch (nothing there
+requires grad, so autograd records nothing), repeats the hidden states K times, student-major, at the first adapted
+layer, and routes row block k through adapter k and head k with PEFT's mixed adapter batch.
 
 PEFT only allows mixed adapter batches at inference: `LoraModel._enable_peft_forward_hooks` refuses `adapter_names`
 in training mode, and removes its hooks when the forward returns. Under gradient checkpointing the backward pass
@@ -13,6 +15,7 @@ trainer after `backward()`) or until the next forward replaces it.
 """
 
 import contextlib
+import copy
 import os
 from collections.abc import Sequence
 
@@ -30,8 +33,11 @@ def student_name(index: int) -> str:
     return f"{STUDENT_PREFIX}{index}"
 
 
-def parse_student_layers(value: int | str | Sequence[int] | None) -> int | list[int] | None:
-    """Read `student_layers` from a config: `None`, a count (`4` or `"4"`) or indices (`[0, 2, 4]` or `"0,2,4"`)."""
+def parse_student_layers(
+    value: int | str | Sequence[int] | None, name: str = "student_layers"
+) -> int | list[int] | None:
+    """Read a layer choice (`student_layers`, `adapter_layers`) from a config: `None`, a count (`4` or `"4"`) or
+    indices (`[0, 2, 4]` or `"0,2,4"`)."""
     if value is None or isinstance(value, int):
         return value
     if isinstance(value, str):
@@ -40,7 +46,7 @@ def parse_student_layers(value: int | str | Sequence[int] | None) -> int | list[
             numbers = [int(part) for part in parts]
         except ValueError:
             raise ValueError(
-                f"student_layers must be a layer count like '3' or layer indices like '0,2,4', got {value!r}"
+                f"{name} must be a layer count like '3' or layer indices like '0,2,4', got {value!r}"
             ) from None
         return numbers[0] if len(numbers) == 1 and "," not in value else numbers
     return [int(index) for index in value]
@@ -73,6 +79,26 @@ def select_layers(num_layers: int, student_layers: int | Sequence[int] | None) -
             f"{num_layers} layers)"
         )
     return kept
+
+
+def select_adapter_layers(num_layers: int, adapter_layers: int | Sequence[int] | None) -> list[int]:
+    """Indices (in the cut base) of the layers that get adapters: a count N means the top N layers, a list those."""
+    if adapter_layers is None:
+        return list(range(num_layers))
+    if isinstance(adapter_layers, int):
+        if not 1 <= adapter_layers <= num_layers:
+            raise ValueError(
+                f"adapter_layers={adapter_layers} must be between 1 and the student's {num_layers} layers"
+            )
+        return list(range(num_layers - adapter_layers, num_layers))
+    chosen = list(adapter_layers)
+    bad = [index for index in chosen if not 0 <= index < num_layers]
+    if not chosen or bad or len(set(chosen)) != len(chosen) or chosen != sorted(chosen):
+        raise ValueError(
+            f"adapter_layers={chosen} must be distinct increasing layer indices in 0..{num_layers - 1} (the student "
+            f"has {num_layers} layers after student_layers)"
+        )
+    return chosen
 
 
 def keep_layers(model: PreTrainedModel, kept: Sequence[int]) -> None:
@@ -162,9 +188,14 @@ class StudentCohort(nn.Module):
         for name in self.student_names:
             check_adapter_config(peft_model.peft_config[name])
         self._routing: list[str] | None = None
+        self._trunk_rows: int | None = None  # batch size B of the forward whose hidden states are being expanded
         for module in peft_model.modules():
             if isinstance(module, (LoraLayer, AuxiliaryTrainingWrapper)):
                 module.register_forward_pre_hook(self._route, with_kwargs=True)
+        self.shared_layers = _shared_trunk_depth(peft_model)
+        if self.shared_layers is not None:
+            for layer in list(_encoder_layers(peft_model.get_base_model()))[self.shared_layers :]:
+                layer.register_forward_pre_hook(self._expand_for_students, with_kwargs=True)
 
     @classmethod
     def from_pretrained(
@@ -174,6 +205,7 @@ class StudentCohort(nn.Module):
         id2label: dict[int, str],
         num_students: int = 4,
         student_layers: int | Sequence[int] | None = None,
+        adapter_layers: int | Sequence[int] | None = None,
         lora_config: LoraConfig | None = None,
         seed: int = 0,
     ) -> "StudentCohort":
@@ -188,16 +220,24 @@ class StudentCohort(nn.Module):
             id2label (`dict[int, str]`): the label space.
             num_students (`int`, *optional*, defaults to `4`): K, at least 1.
             student_layers (`int` or `list[int]`, *optional*): keep the first N layers, or these layer indices.
+            adapter_layers (`int` or `list[int]`, *optional*): put LoRA on the top N layers of the (cut) base, or on
+                these indices of it; the layers below the first adapted one form a trunk that runs once for all
+                students. Defaults to every layer.
             lora_config (`LoraConfig`, *optional*): adapter settings shared by all students; defaults to
                 `LoraConfig(r=8, lora_alpha=16)` on PEFT's default target modules for the architecture.
             seed (`int`, *optional*, defaults to `0`): student k is initialised from seed `seed + k`.
         """
         if num_students < 1:
             raise ValueError(f"num_students must be at least 1, got {num_students}")
-        lora_config = lora_config if lora_config is not None else LoraConfig(r=8, lora_alpha=16)
+        lora_config = copy.deepcopy(lora_config) if lora_config is not None else LoraConfig(r=8, lora_alpha=16)
         check_adapter_config(lora_config)
         lora_config.task_type = TaskType.SEQ_CLS
         base, kept = load_base(model_name_or_path, id2label=id2label, student_layers=student_layers)
+        adapted = select_adapter_layers(len(kept), parse_student_layers(adapter_layers, "adapter_layers"))
+        if len(adapted) < len(kept):
+            if lora_config.layers_to_transform is not None:
+                raise ValueError("Give either adapter_layers or LoraConfig.layers_to_transform, not both.")
+            lora_config.layers_to_transform = adapted
         base.requires_grad_(False)
 
         names = [student_name(k) for k in range(num_students)]
@@ -231,9 +271,26 @@ class StudentCohort(nn.Module):
             kwargs["adapter_names"] = self._routing
         return args, kwargs
 
+    def _expand_for_students(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        """Pre-hook of each adapted layer: repeat the B-row inputs (the trunk's hidden states at the first adapted
+        layer; the attention mask the model built once for B rows, at every adapted layer) K times, student-major."""
+        if self._trunk_rows is None:
+            return args, kwargs
+        rows, copies = self._trunk_rows, self.num_students
+
+        def expand(value):
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == rows:
+                return value.repeat(copies, *([1] * (value.dim() - 1)))
+            if isinstance(value, tuple) and any(isinstance(item, torch.Tensor) for item in value):
+                return tuple(expand(item) for item in value)  # e.g. rotary (cos, sin)
+            return value
+
+        return tuple(expand(arg) for arg in args), {key: expand(value) for key, value in kwargs.items()}
+
     def release_routing(self) -> None:
         """Forget the routing of the last forward; call after `backward()` (the trainer does)."""
         self._routing = None
+        self._trunk_rows = None
 
     def forward(
         self,
@@ -241,20 +298,25 @@ class StudentCohort(nn.Module):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Logits of every student, `[batch, K, classes]`, from one forward of the base over a K× batch."""
+        """Logits of every student, `[batch, K, classes]`, from one forward: the shared trunk on the batch, the adapted
+        layers and heads on a K× batch."""
         batch, num_students = input_ids.shape[0], self.num_students
-
-        def repeat(tensor: torch.Tensor | None) -> torch.Tensor | None:
-            return None if tensor is None else tensor.repeat(num_students, *([1] * (tensor.dim() - 1)))  # [K*B, ...]
-
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        if self.shared_layers is None:  # adapters below the encoder layers (e.g. on embeddings): repeat the inputs
+            inputs = {
+                key: None if value is None else value.repeat(num_students, *([1] * (value.dim() - 1)))
+                for key, value in inputs.items()
+            }
+        else:
+            self._trunk_rows = batch
         # student-major: rows k*B … (k+1)*B−1 go through student k. Kept after the forward for checkpoint recompute.
         self._routing = [name for name in self.student_names for _ in range(batch)]
-        outputs = self.peft_model(
-            input_ids=repeat(input_ids), attention_mask=repeat(attention_mask), token_type_ids=repeat(token_type_ids)
-        )
-        if not torch.is_grad_enabled():
-            self._routing = None  # no backward will follow
-        return outputs.logits.view(num_students, batch, -1).transpose(0, 1)  # [B, K, C]
+        try:
+            logits = self.peft_model(**inputs).logits
+        finally:
+            if not torch.is_grad_enabled():
+                self.release_routing()  # no backward will follow
+        return logits.view(num_students, batch, -1).transpose(0, 1)  # [B, K, C]
 
     @contextlib.contextmanager
     def single_student(self, name: str):
@@ -308,6 +370,20 @@ class StudentCohort(nn.Module):
     def num_trainable_parameters(self, per_student: bool = False) -> int:
         total = sum(param.numel() for param in self.parameters() if param.requires_grad)
         return total // self.num_students if per_student else total
+
+
+def _shared_trunk_depth(peft_model: PeftModel) -> int | None:
+    """How many encoder layers sit below the first LoRA layer (the trunk every student shares), or `None` when some
+    LoRA layer lives outside the encoder layers, so that the students share nothing and inputs must be repeated."""
+    try:
+        layers = _encoder_layers(peft_model.get_base_model())
+    except ValueError:
+        return None
+    in_layers = {id(module) for layer in layers for module in layer.modules() if isinstance(module, LoraLayer)}
+    if any(isinstance(module, LoraLayer) and id(module) not in in_layers for module in peft_model.modules()):
+        return None
+    adapted = [index for index, layer in enumerate(layers) if any(isinstance(m, LoraLayer) for m in layer.modules())]
+    return adapted[0] if adapted else len(layers)
 
 
 def _reset_head(peft_model: PeftModel, adapter_name: str, *, std: float) -> None:

@@ -34,6 +34,10 @@ class MutualDistillationConfig(TrainingArguments):
         Modules that get LoRA. Defaults to PEFT's choice for the architecture (`query`, `value` for BERT).
     student_layers (`str`, *optional*):
         Cut the base to fewer layers: a count (`"3"` keeps the first three) or indices (`"0,2,4"`). Defaults to all.
+    adapter_layers (`str`, *optional*):
+        Layers of the (cut) base that get LoRA: a count (`"2"`: the top two) or indices (`"1,2"`). The layers below the
+        first adapted one are a frozen trunk that runs once per batch for all students, which is where the cohort
+        saves compute over training the students one by one. Defaults to all layers (no shared trunk).
 
     > Parameters that control the losses
 
@@ -81,6 +85,13 @@ class MutualDistillationConfig(TrainingArguments):
         default=None,
         metadata={"help": "Keep fewer base layers: a count ('3': the first three) or indices ('0,2,4'). Default: all."},
     )
+    adapter_layers: str | None = field(
+        default=None,
+        metadata={
+            "help": "Layers that get LoRA: a count ('2': the top two) or indices ('1,2'); the layers below run once "
+            "for all students. Default: all."
+        },
+    )
 
     # ---- losses ----
     temperature: float = field(default=2.0, metadata={"help": "Temperature of the distillation loss."})
@@ -124,6 +135,7 @@ class MutualDistillationConfig(TrainingArguments):
         if not 0 <= self.rampup_ratio <= 1:
             raise ValueError(f"rampup_ratio must be in [0, 1], got {self.rampup_ratio}")
         parse_student_layers(self.student_layers)  # a malformed value fails here, before any work
+        parse_student_layers(self.adapter_layers, "adapter_layers")
 
     def lora_config(self) -> LoraConfig:
         """The adapter settings every student shares."""

@@ -76,6 +76,7 @@ class MutualDistillationTrainer(Trainer):
                 id2label=_id2label_from(train_dataset, eval_dataset),
                 num_students=args.num_students,
                 student_layers=args.student_layers,
+                adapter_layers=args.adapter_layers,
                 lora_config=args.lora_config(),
                 seed=args.seed,
             )

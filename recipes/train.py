@@ -42,7 +42,7 @@ from nanonet_hf import (
     train_teacher,
     training_dataset,
 )
-from nanonet_hf.cohort import parse_student_layers, select_layers
+from nanonet_hf.cohort import parse_student_layers, select_adapter_layers, select_layers
 from nanonet_hf.data import tokenize
 from nanonet_hf.files import write_json
 from nanonet_hf.inference import predict_logits
@@ -162,7 +162,8 @@ def main(script_args: ScriptArguments, training_args: MutualDistillationConfig) 
         script_args.teacher_name_or_path = resolve_model_path(script_args.teacher_name_or_path)
         check_teacher(script_args.teacher_name_or_path, data.label_names)
     num_layers = AutoConfig.from_pretrained(model_path).num_hidden_layers
-    select_layers(num_layers, parse_student_layers(training_args.student_layers))  # a bad cut fails before training
+    kept = select_layers(num_layers, parse_student_layers(training_args.student_layers))  # bad layers fail here,
+    select_adapter_layers(len(kept), parse_student_layers(training_args.adapter_layers, "adapter_layers"))  # before any training
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     logger.info("labeled %d, unlabeled %d, test %d", len(data.labeled), len(data.unlabeled), len(data.test))
 
@@ -201,6 +202,7 @@ def main(script_args: ScriptArguments, training_args: MutualDistillationConfig) 
             id2label=data.id2label,
             num_students=num_students,
             student_layers=training_args.student_layers,
+            adapter_layers=training_args.adapter_layers,
             lora_config=training_args.lora_config(),
             seed=training_args.seed,
         )
@@ -284,6 +286,8 @@ def main(script_args: ScriptArguments, training_args: MutualDistillationConfig) 
         "cohort": {
             "num_students": num_students,
             "student_layers": cohort.student_layers,
+            "adapter_layers": training_args.adapter_layers,
+            "shared_trunk_layers": cohort.shared_layers,
             "adapter": "lora",
             "lora_r": training_args.lora_r,
             "lora_alpha": training_args.lora_alpha,

@@ -20,6 +20,20 @@ def batch(tokenizer):
     return tokenizer(texts, padding=True, return_tensors="pt")
 
 
+# Where the students' adapters sit: every layer (no shared trunk), the top one or two of the three layers (a trunk
+# of two or one layers runs once), a cut base with a trunk, and LoRA on the embeddings too (nothing can be shared).
+LAYOUTS = {
+    "all-layers": {},
+    "top-1": {"adapter_layers": 1},
+    "top-2": {"adapter_layers": 2},
+    "cut-0,2-top-1": {"student_layers": [0, 2], "adapter_layers": 1},
+    "middle-only": {"adapter_layers": [1]},
+    "embeddings-too": {
+        "lora_config": LoraConfig(r=4, lora_alpha=8, init_lora_weights=False, target_modules=["query", "word_embeddings"])
+    },
+}
+
+
 def per_student_logits(cohort, batch):
     out = []
     for name in cohort.student_names:
@@ -28,9 +42,10 @@ def per_student_logits(cohort, batch):
     return torch.stack(out, dim=1)  # [B, K, C]
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("train_mode", [False, True])
-def test_cohort_logits_equal_per_adapter_forwards(tiny_model_dir, batch, train_mode):
-    cohort = build(tiny_model_dir)
+def test_cohort_logits_equal_per_adapter_forwards(tiny_model_dir, batch, train_mode, layout):
+    cohort = build(tiny_model_dir, **LAYOUTS[layout])
     cohort.train(train_mode)  # the tiny model has no dropout, so train mode is deterministic too
     logits = cohort(**batch)
     assert logits.shape == (4, 3, 3)
@@ -68,8 +83,9 @@ def test_backward_reaches_every_student_and_never_the_base(tiny_model_dir, batch
     assert frozen and all(param.grad is None for param in frozen)
 
 
-def test_gradient_checkpointing_gives_the_same_gradients(tiny_model_dir, batch):
-    cohort = build(tiny_model_dir)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_model_dir, batch, layout):
+    cohort = build(tiny_model_dir, **LAYOUTS[layout])
     plain = grads_of_one_step(cohort, batch)
     cohort.activation_checkpointing_enable()
     checkpointed = grads_of_one_step(cohort, batch)
@@ -91,8 +107,9 @@ def test_checkpointing_without_kept_routing_fails(tiny_model_dir, batch):
         (logits * torch.arange(1, 4)[None, :, None]).pow(2).sum().backward()
 
 
-def test_gradients_equal_those_of_per_adapter_forwards(tiny_model_dir, batch):
-    cohort = build(tiny_model_dir)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_gradients_equal_those_of_per_adapter_forwards(tiny_model_dir, batch, layout):
+    cohort = build(tiny_model_dir, **LAYOUTS[layout])
     mixed = grads_of_one_step(cohort, batch)
     cohort.zero_grad()
     for k, name in enumerate(cohort.student_names):
@@ -113,6 +130,52 @@ def test_a_step_on_one_student_leaves_the_others_and_the_base_untouched(tiny_mod
     optimizer.step()
     changed = {name for name, param in cohort.named_parameters() if not torch.equal(param, before[name])}
     assert changed and all("student_1" in name for name in changed)
+
+
+def rows_seen_by_each_layer(cohort, batch):
+    layers = cohort.peft_model.get_base_model().bert.encoder.layer
+    seen, handles = [], []
+    for index, layer in enumerate(layers):
+        def record(module, args, kwargs, output, index=index):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            seen.append((index, hidden.shape[0], hidden.requires_grad))
+        handles.append(layer.register_forward_hook(record, with_kwargs=True))
+    cohort.train()
+    cohort(**batch).sum().backward()
+    cohort.release_routing()
+    for handle in handles:
+        handle.remove()
+    return seen
+
+
+def test_shared_trunk_runs_once_without_autograd(tiny_model_dir, batch):
+    cohort = build(tiny_model_dir, adapter_layers=1)  # 3 layers: trunk = layers 0 and 1, adapters on layer 2
+    assert cohort.shared_layers == 2
+    adapted = {name.split(".layer.")[1].split(".")[0] for name, _ in cohort.named_parameters() if "lora_A" in name}
+    assert adapted == {"2"}
+    # (layer, rows it ran on, whether its input carries a graph): B = 4 rows, K = 3 students
+    assert rows_seen_by_each_layer(cohort, batch) == [(0, 4, False), (1, 4, False), (2, 12, False)]
+    full = build(tiny_model_dir)  # adapters everywhere: only the embeddings are shared
+    assert full.shared_layers == 0
+    assert [rows for _, rows, _ in rows_seen_by_each_layer(full, batch)] == [12, 12, 12]
+
+
+def test_adapter_layers_follow_the_cut_base(tiny_model_dir):
+    cohort = build(tiny_model_dir, student_layers=[0, 2], adapter_layers="1")
+    assert cohort.shared_layers == 1
+    assert {n.split(".layer.")[1][0] for n, _ in cohort.named_parameters() if "lora_B" in n} == {"1"}
+
+
+@pytest.mark.parametrize("layers, message", [(4, "between 1 and"), ([2, 1], "increasing"), ([3], "0..2"), (0, "between")])
+def test_bad_adapter_layers_are_refused(tiny_model_dir, layers, message):
+    with pytest.raises(ValueError, match=message):
+        build(tiny_model_dir, adapter_layers=layers)
+
+
+def test_adapter_layers_and_layers_to_transform_are_exclusive(tiny_model_dir):
+    config = LoraConfig(r=4, layers_to_transform=[1])
+    with pytest.raises(ValueError, match="not both"):
+        build(tiny_model_dir, adapter_layers=1, lora_config=config)
 
 
 def test_trainable_state_round_trip_and_mismatch(tiny_model_dir):

@@ -17,14 +17,15 @@ from .conftest import LABELS, make_texts
 ID2LABEL = dict(enumerate(LABELS))
 
 
-@pytest.fixture
-def cohort(tiny_model_dir):
+@pytest.fixture(params=[None, 1], ids=["adapters-everywhere", "shared-trunk"])
+def cohort(tiny_model_dir, request):
     # random LoRA A and B: the merged weights differ from the base, so a wrong merge shows in the predictions
     return StudentCohort.from_pretrained(
         tiny_model_dir,
         id2label=ID2LABEL,
         num_students=3,
         student_layers=[0, 2],
+        adapter_layers=request.param,
         lora_config=LoraConfig(r=4, lora_alpha=8, init_lora_weights=False),
     )
 
