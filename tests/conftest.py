@@ -8,7 +8,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import pytest
 import torch
 from datasets import ClassLabel, Dataset, Features, Value
-from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, BertTokenizerFast
 
 LABELS = ["sport", "food", "tech"]
 CLASS_WORDS = {
@@ -24,8 +24,10 @@ def tiny_model_dir(tmp_path_factory) -> str:
     """A 3-layer BERT with hidden size 16 and a word-level vocabulary of the toy data, saved as safetensors."""
     path = tmp_path_factory.mktemp("tiny-bert")
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *SHARED_WORDS, *sum(CLASS_WORDS.values(), [])]
-    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(path / "vocab.txt"), do_lower_case=True)
+    # transformers 5 takes the vocabulary itself (a `vocab_file=` keyword is silently ignored: the tokenizer would
+    # hold the five special tokens only and map every word to [UNK])
+    tokenizer = BertTokenizerFast(vocab={token: index for index, token in enumerate(vocab)}, do_lower_case=True)
+    assert len(tokenizer) == len(vocab)
     tokenizer.save_pretrained(path)
     torch.manual_seed(0)
     config = BertConfig(
@@ -44,7 +46,9 @@ def tiny_model_dir(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def tokenizer(tiny_model_dir):
-    return BertTokenizerFast.from_pretrained(tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    assert tokenizer("pasta goal")["input_ids"][1:3] != [tokenizer.unk_token_id] * 2, "the tiny vocabulary was lost"
+    return tokenizer
 
 
 def make_texts(n_per_class: int, seed: int) -> tuple[list[str], list[int]]:
@@ -71,3 +75,16 @@ def write_jsonl(path, rows: list[dict]) -> str:
         for row in rows:
             handle.write(json.dumps(row) + "\n")
     return str(path)
+
+
+@pytest.fixture
+def datasets(toy_pool, tokenizer):
+    """(train, eval): 4 labeled rows per class first, the rest unlabeled with random teacher logits; tokenized."""
+    from nanonet_hf.data import sample_per_class, tokenize, training_dataset
+
+    labeled, rest = sample_per_class(toy_pool, 4, seed=0)
+    train = training_dataset(labeled, rest.remove_columns("label"))
+    generator = torch.Generator().manual_seed(0)
+    train = train.add_column("teacher_logits", (3 * torch.randn(len(train), 3, generator=generator)).tolist())
+    evaluation = tokenize(rest.rename_column("label", "labels"), tokenizer, 16)
+    return tokenize(train, tokenizer, 16), evaluation
