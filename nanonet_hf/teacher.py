@@ -4,7 +4,9 @@ The teacher tokenizes the texts itself, so it may use another vocabulary than th
 """
 
 import hashlib
+import logging
 import os
+import tempfile
 
 import numpy as np
 from datasets import Dataset, config as datasets_config
@@ -22,6 +24,8 @@ from .cohort import load_base
 from .data import tokenize
 from .files import atomic_directory
 from .inference import predict_logits
+
+logger = logging.getLogger(__name__)
 
 
 def train_teacher(
@@ -44,9 +48,9 @@ def train_teacher(
     set_seed(seed)  # the new head's init, not whatever ran before, decides the teacher: few labels make it matter
     model, _ = load_base(model_name_or_path, id2label=id2label)
     train = tokenize(labeled.rename_column("label", "labels"), tokenizer, max_length).remove_columns("text")
-    with atomic_directory(output_dir) as tmp:
+    with tempfile.TemporaryDirectory() as scratch:
         args = TrainingArguments(
-            output_dir=tmp,
+            output_dir=scratch,  # logs only; the model is saved below
             num_train_epochs=num_train_epochs,
             learning_rate=learning_rate,
             per_device_train_batch_size=batch_size,
@@ -58,20 +62,42 @@ def train_teacher(
             seed=seed,
             disable_tqdm=True,
         )
-        Trainer(model=model, args=args, train_dataset=train, processing_class=tokenizer).train()
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        # under `accelerate launch` every process trains its share of each batch (DDP); the main one saves
+        trainer = Trainer(model=model, args=args, train_dataset=train, processing_class=tokenizer)
+        trainer.train()
+        if trainer.is_world_process_zero():
+            with atomic_directory(output_dir) as tmp:
+                trainer.accelerator.unwrap_model(model).save_pretrained(tmp)
+                tokenizer.save_pretrained(tmp)
+        trainer.accelerator.wait_for_everyone()
     return output_dir
 
 
 def check_teacher(teacher_name_or_path: str, label_names: list[str]) -> None:
-    """Raise unless the teacher's config predicts exactly `label_names`, in order (reads the config only)."""
+    """Raise unless the teacher's config predicts exactly `label_names`, in order, and its own tokenizer fits its
+    embeddings (reads the config and tokenizer only). The teacher may use another vocabulary than the students: it
+    tokenizes the texts itself."""
     config = AutoConfig.from_pretrained(teacher_name_or_path)
     teacher_labels = [config.id2label[i] for i in range(config.num_labels)]
     if teacher_labels != list(label_names):
         raise ValueError(
             f"The teacher {teacher_name_or_path} predicts labels {teacher_labels}, but the data's labels are "
             f"{list(label_names)}. A teacher must share the label space, in the same order (config.id2label)."
+        )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(teacher_name_or_path)
+    except Exception as error:
+        raise ValueError(f"The teacher {teacher_name_or_path} has no loadable tokenizer: {error}") from error
+    if len(tokenizer) <= len(tokenizer.all_special_tokens):  # transformers builds an empty one from a bare config
+        raise ValueError(
+            f"The teacher {teacher_name_or_path} has no tokenizer files (its tokenizer holds only special tokens). "
+            "Save the tokenizer it was trained with beside it (`tokenizer.save_pretrained`)."
+        )
+    vocab_size = getattr(config, "vocab_size", None)
+    if vocab_size is not None and len(tokenizer) > vocab_size:
+        raise ValueError(
+            f"The teacher {teacher_name_or_path}'s tokenizer has {len(tokenizer)} tokens but its model embeds only "
+            f"{vocab_size} (config.vocab_size): the tokenizer belongs to another model."
         )
 
 
@@ -108,7 +134,8 @@ def add_teacher_logits(
     """Add a `teacher_logits` column (C floats per row) computed from the `text` column, once.
 
     The result is an Arrow file in the datasets cache, keyed by the texts, the teacher's weights and `max_length`;
-    a later run (or another process, see `TrainingArguments.main_process_first`) with the same key reads it back.
+    a later run with the same key reads it back. Under several processes, call it inside
+    `TrainingArguments.main_process_first()`: the main process computes, the others read its file.
     """
     fingerprint = Hasher.hash([dataset._fingerprint, _folder_fingerprint(teacher_name_or_path), max_length])
     cache_dir = cache_dir or os.path.join(datasets_config.HF_DATASETS_CACHE, "nanonet_hf", "teacher_logits")
@@ -118,6 +145,7 @@ def add_teacher_logits(
 
     def compute(batch: dict) -> dict:
         if not state:  # load the teacher only when the cache misses
+            logger.info("Computing teacher logits of %d rows with %s", len(dataset), teacher_name_or_path)
             state["model"], state["tokenizer"] = load_teacher(teacher_name_or_path, label_names)
         logits = predict_logits(
             state["model"], state["tokenizer"], batch["text"], batch_size=batch_size, max_length=max_length

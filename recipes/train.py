@@ -182,12 +182,13 @@ def main(script_args: ScriptArguments, training_args: MutualDistillationConfig) 
             max_length=training_args.max_length,
             seed=training_args.seed,
         )
-    train = add_teacher_logits(
-        training_dataset(data.labeled, data.unlabeled),
-        teacher_path,
-        label_names=data.label_names,
-        max_length=training_args.max_length,
-    )
+    with training_args.main_process_first(desc="teacher logits"):  # computed once, read by the other processes
+        train = add_teacher_logits(
+            training_dataset(data.labeled, data.unlabeled),
+            teacher_path,
+            label_names=data.label_names,
+            max_length=training_args.max_length,
+        )
     timings["teacher_s"] = time.perf_counter() - t0
 
     ################

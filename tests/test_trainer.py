@@ -7,21 +7,12 @@ import torch
 
 from nanonet_hf import MutualDistillationConfig, MutualDistillationTrainer, StudentCohort
 from nanonet_hf.data import CohortCollator, sample_per_class, tokenize, training_dataset
+from nanonet_hf.mutual_distillation_trainer import last_complete_checkpoint
 from nanonet_hf.losses import IGNORE_INDEX
 
 from .conftest import LABELS
 
 ID2LABEL = dict(enumerate(LABELS))
-
-
-@pytest.fixture
-def datasets(toy_pool, tokenizer):
-    labeled, rest = sample_per_class(toy_pool, 4, seed=0)
-    train = training_dataset(labeled, rest.remove_columns("label"))
-    generator = torch.Generator().manual_seed(0)
-    train = train.add_column("teacher_logits", (3 * torch.randn(len(train), 3, generator=generator)).tolist())
-    evaluation = tokenize(rest.rename_column("label", "labels"), tokenizer, 16)
-    return tokenize(train, tokenizer, 16), evaluation
 
 
 def make_args(tmp_path, **overrides):
@@ -202,3 +193,36 @@ def test_load_best_model_at_end_restores_the_best_checkpoint(tiny_model_dir, tok
     best, last, now = saved(2), saved(4), trainer.model.trainable_state_dict()
     assert all(torch.equal(tensor, best[name]) for name, tensor in now.items())
     assert any(not torch.equal(tensor, last[name]) for name, tensor in now.items())
+
+
+@pytest.mark.parametrize("bad_value", [float("nan"), float("inf")])
+def test_non_finite_loss_stops_training_naming_step_student_and_term(tiny_model_dir, tokenizer, datasets, tmp_path, bad_value):
+    train, _ = datasets
+    logits = list(train["teacher_logits"])
+    broken = 30  # a teacher logit broken on one unlabeled row, which a later batch brings
+    logits[broken] = [bad_value, 0.0, 0.0]
+    train = train.remove_columns("teacher_logits").add_column("teacher_logits", logits)
+    args = make_args(tmp_path, max_steps=20, save_strategy="steps", save_steps=1)
+    trainer = make_trainer(tiny_model_dir, tokenizer, args, train)
+    batches = [batch for batch in trainer.get_train_dataloader()]
+    step = next(i for i, batch in enumerate(batches) if not torch.isfinite(batch["teacher_logits"]).all()) + 1
+    with pytest.raises(FloatingPointError, match=rf"Non-finite loss at step {step}: the distillation loss of student 0 is nan"):
+        trainer.train()
+    assert trainer.state.global_step == step - 1
+    weights = trainer.model.trainable_state_dict()
+    assert all(torch.isfinite(tensor).all() for tensor in weights.values()), "a NaN reached the weights"
+    for checkpoint in os.listdir(args.output_dir):  # every checkpoint written before the fault is clean
+        saved = safetensors.torch.load_file(os.path.join(args.output_dir, checkpoint, "model.safetensors"))
+        assert all(torch.isfinite(tensor).all() for tensor in saved.values()), checkpoint
+
+
+def test_last_complete_checkpoint_skips_folders_without_trainer_state(tmp_path):
+    for step, complete in ((2, True), (4, True), (6, False)):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"x")
+        if complete:
+            (folder / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoint-8.partial").mkdir()
+    assert last_complete_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-4")
+    assert last_complete_checkpoint(str(tmp_path / "missing")) is None

@@ -1,0 +1,196 @@
+"""Every kind of bad input meets an error that names the problem, raised before any work, with nothing written."""
+
+import logging
+import os
+
+import pytest
+import torch
+from peft import IA3Config
+from safetensors.torch import save_file
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertForSequenceClassification
+
+from nanonet_hf import MutualDistillationConfig, StudentCohort
+from nanonet_hf.cohort import load_base
+from nanonet_hf.data import prepare_data
+from nanonet_hf.teacher import check_teacher
+
+from .conftest import LABELS, make_texts, write_jsonl
+from .test_trainer import make_args, make_trainer
+
+ID2LABEL = dict(enumerate(LABELS))
+
+
+def labeled_rows(n_per_class=6, seed=0):
+    texts, labels = make_texts(n_per_class, seed=seed)
+    return [{"text": text, "label": LABELS[label]} for text, label in zip(texts, labels, strict=True)]
+
+
+def prepare(tmp_path, rows, *, eval_rows=None, **kwargs):
+    labeled = write_jsonl(tmp_path / "labeled.jsonl", rows)
+    eval_file = write_jsonl(tmp_path / "eval.jsonl", eval_rows) if eval_rows is not None else None
+    return prepare_data(labeled_file=labeled, eval_file=eval_file, **kwargs)
+
+
+# ---- data ----
+
+
+def test_empty_labeled_file(tmp_path):
+    (tmp_path / "labeled.jsonl").write_text("")
+    with pytest.raises(ValueError, match=r"labeled.jsonl is empty"):
+        prepare_data(labeled_file=str(tmp_path / "labeled.jsonl"))
+
+
+def test_malformed_file_is_named(tmp_path):
+    (tmp_path / "labeled.jsonl").write_text('{"text": "a", "label": "x"}\n{"text": "b", "label": \n')
+    with pytest.raises(ValueError, match=r"Cannot parse .*labeled.jsonl as jsonl"):
+        prepare_data(labeled_file=str(tmp_path / "labeled.jsonl"))
+
+
+def test_only_one_class(tmp_path):
+    rows = [row for row in labeled_rows() if row["label"] == "food"]
+    with pytest.raises(ValueError, match=r"single class \('food'\)"):
+        prepare(tmp_path, rows)
+
+
+def test_label_outside_the_label_set(tmp_path):
+    eval_rows = labeled_rows(2, seed=3)
+    eval_rows[1]["label"] = "weather"
+    with pytest.raises(ValueError, match=r"eval.jsonl: unknown label\(s\) \['weather'\].*\['food', 'sport', 'tech'\]"):
+        prepare(tmp_path, labeled_rows(), eval_rows=eval_rows)
+
+
+def test_budget_larger_than_a_class_has(tmp_path):
+    rows = labeled_rows()[:-2]  # 'tech' keeps 4 rows
+    with pytest.raises(ValueError, match=r"labels_per_class=5 is more than some classes have: 'tech' has 4"):
+        prepare(tmp_path, rows, labels_per_class=5)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"text_column": "sentence"}, r"no column 'sentence' \(set --text_column\); its columns are \['text', 'label'\]"),
+        ({"label_column": "lable"}, r"no column 'lable' \(set --label_column\)"),
+    ],
+)
+def test_missing_or_misspelled_column(tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        prepare(tmp_path, labeled_rows(), **kwargs)
+
+
+def test_non_string_and_empty_texts_are_counted_and_located(tmp_path):
+    rows = labeled_rows()
+    rows[3]["text"], rows[7]["text"], rows[8]["text"] = 42, "   ", None
+    with pytest.raises(ValueError, match=r"3 rows have an empty or non-string text \(rows \[3, 7, 8\]"):
+        prepare(tmp_path, rows)
+
+
+def test_texts_shared_by_labeled_and_eval_rows_are_counted_in_a_warning(tmp_path, caplog):
+    rows = labeled_rows()
+    eval_rows = [dict(row) for row in rows[:3]] + labeled_rows(2, seed=9)
+    eval_rows[0]["text"] = eval_rows[0]["text"].upper() + " "  # same text, other case and spacing
+    with caplog.at_level(logging.WARNING, logger="nanonet_hf.data"):
+        prepare(tmp_path, rows, eval_rows=eval_rows, labels_per_class=2)
+    messages = [record.getMessage() for record in caplog.records]
+    overlap = [message for message in messages if "also appear in the" in message]
+    assert overlap, messages
+    labeled_count = sum(int(m.split(" of the ")[0]) for m in overlap)  # split between labeled and unlabeled rows
+    assert labeled_count == 3
+    assert all(f"of the {len(eval_rows)} evaluation texts" in message for message in overlap)
+
+
+# ---- models ----
+
+
+def test_teacher_with_another_label_space(tiny_model_dir, tmp_path):
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=2)
+    model.save_pretrained(tmp_path / "teacher")
+    with pytest.raises(ValueError, match=r"predicts labels \['LABEL_0', 'LABEL_1'\], but the data's labels are"):
+        check_teacher(str(tmp_path / "teacher"), LABELS)
+
+
+def test_teacher_whose_tokenizer_belongs_to_another_model(tiny_model_dir, tmp_path):
+    config = BertConfig(
+        vocab_size=10, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
+        id2label=ID2LABEL, label2id={name: index for index, name in ID2LABEL.items()},
+    )  # fmt: skip
+    BertForSequenceClassification(config).save_pretrained(tmp_path / "teacher")  # embeds 10 ids
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "teacher")  # makes ids up to 36
+    with pytest.raises(ValueError, match=r"tokenizer has \d+ tokens but its model embeds only 10"):
+        check_teacher(str(tmp_path / "teacher"), LABELS)
+
+
+def test_teacher_without_tokenizer(tiny_model_dir, tmp_path):
+    model = AutoModelForSequenceClassification.from_pretrained(
+        tiny_model_dir, num_labels=3, id2label=ID2LABEL, label2id={v: k for k, v in ID2LABEL.items()}, ignore_mismatched_sizes=True
+    )
+    model.save_pretrained(tmp_path / "teacher")
+    # transformers would build an empty BERT tokenizer (special tokens only) from the config alone
+    with pytest.raises(ValueError, match="has no tokenizer files"):
+        check_teacher(str(tmp_path / "teacher"), LABELS)
+
+
+def test_unsupported_adapter_type(tiny_model_dir, tmp_path):
+    with pytest.raises(ValueError, match="only LoRA honours"):
+        StudentCohort.from_pretrained(tiny_model_dir, id2label=ID2LABEL, lora_config=IA3Config(target_modules=["query"], feedforward_modules=[]))
+    with pytest.raises(ValueError, match=r"adapter_type='ia3' cannot train a cohort in one forward"):
+        MutualDistillationConfig(output_dir=str(tmp_path), adapter_type="ia3")
+
+
+@pytest.mark.parametrize("value", [0, -2])
+def test_num_students_below_one(tiny_model_dir, tmp_path, value):
+    with pytest.raises(ValueError, match=f"num_students must be at least 1, got {value}"):
+        MutualDistillationConfig(output_dir=str(tmp_path), num_students=value)
+    with pytest.raises(ValueError, match=f"num_students must be at least 1, got {value}"):
+        StudentCohort.from_pretrained(tiny_model_dir, id2label=ID2LABEL, num_students=value)
+
+
+def test_model_folder_with_only_pickle_weights_is_refused(tiny_model_dir, tmp_path):
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir)
+    folder = tmp_path / "pickled"
+    folder.mkdir()
+    model.config.save_pretrained(folder)
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    with pytest.raises(ValueError, match=r"holds no .safetensors weights; nanonet_hf loads safetensors only"):
+        load_base(str(folder), id2label=ID2LABEL)
+
+
+# ---- checkpoints ----
+
+
+def save_one_checkpoint(tiny_model_dir, tokenizer, datasets, tmp_path):
+    args = make_args(tmp_path, max_steps=2, save_strategy="steps", save_steps=2)
+    make_trainer(tiny_model_dir, tokenizer, args, datasets[0]).train()
+    return os.path.join(args.output_dir, "checkpoint-2")
+
+
+def resume(tiny_model_dir, tokenizer, datasets, tmp_path, checkpoint):
+    args = make_args(tmp_path, max_steps=4, save_strategy="steps", save_steps=2)
+    make_trainer(tiny_model_dir, tokenizer, args, datasets[0]).train(resume_from_checkpoint=checkpoint)
+
+
+def test_truncated_checkpoint_is_named(tiny_model_dir, tokenizer, datasets, tmp_path):
+    checkpoint = save_one_checkpoint(tiny_model_dir, tokenizer, datasets, tmp_path)
+    weights = os.path.join(checkpoint, "model.safetensors")
+    data = open(weights, "rb").read()
+    open(weights, "wb").write(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"checkpoint-2/model.safetensors cannot be read \(truncated or corrupt\?\)"):
+        resume(tiny_model_dir, tokenizer, datasets, tmp_path, checkpoint)
+
+
+def test_unreadable_checkpoint_is_named(tiny_model_dir, tokenizer, datasets, tmp_path):
+    checkpoint = save_one_checkpoint(tiny_model_dir, tokenizer, datasets, tmp_path)
+    save_file({"something.else": torch.zeros(2)}, os.path.join(checkpoint, "model.safetensors"))
+    with pytest.raises(ValueError, match=r"does not match this cohort \(3 students\): missing"):
+        resume(tiny_model_dir, tokenizer, datasets, tmp_path, checkpoint)
+
+
+def test_checkpoint_cut_short_by_a_kill_is_refused_by_path_and_skipped_by_resume_true(
+    tiny_model_dir, tokenizer, datasets, tmp_path, caplog
+):
+    checkpoint = save_one_checkpoint(tiny_model_dir, tokenizer, datasets, tmp_path)
+    os.remove(os.path.join(checkpoint, "trainer_state.json"))  # what a kill during the save leaves
+    with pytest.raises(ValueError, match=r"checkpoint-2 is incomplete \(trainer_state.json, written last, is missing\)"):
+        resume(tiny_model_dir, tokenizer, datasets, tmp_path, checkpoint)
+    with pytest.raises(ValueError, match="holds no complete checkpoint"):
+        resume(tiny_model_dir, tokenizer, datasets, tmp_path, True)
+    assert "Skipping the incomplete checkpoint" in caplog.text
