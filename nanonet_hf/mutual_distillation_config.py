@@ -1,7 +1,11 @@
+import os
 from dataclasses import dataclass, field
+
+import torch
 
 from peft import LoraConfig
 from transformers import TrainingArguments
+from transformers.utils import is_torch_npu_available, is_torch_xpu_available
 
 from .cohort import parse_student_layers
 
@@ -122,6 +126,10 @@ class MutualDistillationConfig(TrainingArguments):
     )
 
     def __post_init__(self):
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _has_accelerator():
+            # Launched as several processes on a machine without GPU: without `use_cpu`, accelerate would give each
+            # process its own run instead of one gloo group (every process training on the full data).
+            self.use_cpu = True
         super().__post_init__()
         if self.num_students < 1:
             raise ValueError(f"num_students must be at least 1, got {self.num_students}")
@@ -151,3 +159,7 @@ class MutualDistillationConfig(TrainingArguments):
             lora_dropout=self.lora_dropout,
             target_modules=self.lora_target_modules,
         )
+
+
+def _has_accelerator() -> bool:
+    return torch.cuda.is_available() or is_torch_xpu_available() or is_torch_npu_available()

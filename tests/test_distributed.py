@@ -1,0 +1,102 @@
+"""The recipe under `accelerate launch --config_file recipes/accelerate_configs/multi_cpu.yaml` (2 processes, gloo): same results as one process at the same
+global batch, teacher logits computed once, exports written once."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import safetensors.torch
+import torch
+from datasets import ClassLabel, Dataset, Features, Value
+
+from nanonet_hf.teacher import train_teacher
+
+from .conftest import LABELS, make_texts, write_jsonl
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def run_files(tiny_model_dir, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ddp")
+    texts, labels = make_texts(20, seed=0)
+    pool = write_jsonl(folder / "pool.jsonl", [{"text": t, "label": LABELS[y]} for t, y in zip(texts, labels, strict=True)])
+    texts, labels = make_texts(6, seed=7)
+    test = write_jsonl(folder / "test.jsonl", [{"text": t, "label": LABELS[y]} for t, y in zip(texts, labels, strict=True)])
+    texts, labels = make_texts(3, seed=1)
+    features = Features({"text": Value("string"), "label": ClassLabel(names=sorted(LABELS))})
+    labeled = Dataset.from_dict({"text": texts, "label": [sorted(LABELS).index(LABELS[y]) for y in labels]}, features=features)
+    teacher = train_teacher(tiny_model_dir, labeled, str(folder / "teacher"), num_train_epochs=2, max_length=16)
+    return {"pool": pool, "test": test, "teacher": teacher}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch(num_processes: int, per_device_batch: int, run_files, tiny_model_dir, out) -> subprocess.CompletedProcess:
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--config_file", os.path.join(ROOT, "recipes", "accelerate_configs", "multi_cpu.yaml"),
+        "--num_processes", str(num_processes), "--main_process_port", str(free_port()),
+        os.path.join(ROOT, "recipes", "train.py"),
+        "--model_name_or_path", tiny_model_dir, "--teacher_name_or_path", run_files["teacher"],
+        "--labeled_file", run_files["pool"], "--eval_file", run_files["test"], "--labels_per_class", "4",
+        "--num_students", "2", "--per_device_train_batch_size", str(per_device_batch), "--max_steps", "6",
+        "--learning_rate", "0.01", "--max_length", "16", "--supervised_baseline", "false",
+        "--save_strategy", "no", "--eval_strategy", "no", "--report_to", "none", "--logging_steps", "1",
+        "--seed", "0", "--output_dir", str(out), "--disable_tqdm", "true", "--log_level", "info",
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": str(out) + "-cache", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_at_the_same_global_batch(run_files, tiny_model_dir, tmp_path):
+    single = launch(1, 8, run_files, tiny_model_dir, tmp_path / "one")
+    double = launch(2, 4, run_files, tiny_model_dir, tmp_path / "two")
+
+    # two processes really formed one group: per-device batch 4, global batch 8 (as the single process's 8)
+    assert "Total train batch size (w. parallel, distributed & accumulation) = 8" in double.stderr, double.stderr[-3000:]
+    assert "Total train batch size (w. parallel, distributed & accumulation) = 8" in single.stderr
+
+    # teacher logits: computed by one process, read from the cache by the other
+    assert double.stderr.count("Computing teacher logits") == 1, double.stderr[-3000:]
+    assert single.stderr.count("Computing teacher logits") == 1
+
+    one, two = (json.loads((tmp_path / name / "results.json").read_text()) for name in ("one", "two"))
+    assert one["cohort"]["steps"] == two["cohort"]["steps"] == 6
+    for a, b in zip(one["students"] + [one["ensemble"]], two["students"] + [two["ensemble"]], strict=True):
+        assert a["accuracy"] == pytest.approx(b["accuracy"], abs=1e-9) and a["macro_f1"] == pytest.approx(b["macro_f1"], abs=1e-9)
+    assert one["chosen_student"] == two["chosen_student"]
+
+    # the exported student: same weights up to the order of floating-point reductions
+    weights_one = safetensors.torch.load_file(tmp_path / "one" / "student" / "model.safetensors")
+    weights_two = safetensors.torch.load_file(tmp_path / "two" / "student" / "model.safetensors")
+    assert weights_one.keys() == weights_two.keys()
+    for name in weights_one:
+        torch.testing.assert_close(weights_two[name], weights_one[name], atol=1e-5, rtol=1e-4)
+    # the weights really moved in training: the comparison is not between two untrained models
+    base = safetensors.torch.load_file(os.path.join(tiny_model_dir, "model.safetensors"))
+    query = next(name for name in weights_one if name.endswith("attention.self.query.weight"))
+    assert not torch.allclose(weights_one[query], base[query])
+
+    # the main process alone wrote the exports: one folder each, no leftovers of a second writer
+    assert sorted(name for name in os.listdir(tmp_path / "two") if not name.startswith(("runs", "trainer_state"))) == [
+        "results.json", "student", "student_adapter", "student_base",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(os.listdir(os.path.join(ROOT, "recipes", "accelerate_configs"))))
+def test_accelerate_configs_load(name):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(os.path.join(ROOT, "recipes", "accelerate_configs", name))
+    assert config.num_processes >= 2 and config.compute_environment.value == "LOCAL_MACHINE"
