@@ -26,7 +26,6 @@ import argparse
 import contextlib
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -184,6 +183,14 @@ def rss_mb() -> float:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def peak_rss_mb() -> float:
+    """VmHWM of this process. (Not ru_maxrss: Linux carries it over from the parent across fork + exec, so a
+    probe started by a big benchmark process would report the parent's peak.)"""
+    with open("/proc/self/status") as handle:
+        line = next(line for line in handle if line.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
+
+
 def peak_memory_probe(args) -> None:
     """Run in a subprocess: build one variant, take two steps, print the peak memory in MiB."""
     device = torch.device(args.device)
@@ -200,7 +207,7 @@ def peak_memory_probe(args) -> None:
     if device.type == "cuda":
         peak = (torch.cuda.max_memory_allocated(device) - before) / 2**20
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before  # ru_maxrss is KiB on Linux
+        peak = peak_rss_mb() - before
     print(json.dumps({"peak_mb": peak}))
 
 
