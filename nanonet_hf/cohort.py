@@ -71,14 +71,7 @@ def select_layers(num_layers: int, student_layers: int | Sequence[int] | None) -
         if not 1 <= student_layers <= num_layers:
             raise ValueError(f"student_layers={student_layers} must be between 1 and the base's {num_layers} layers")
         return list(range(student_layers))
-    kept = list(student_layers)
-    bad = [index for index in kept if not 0 <= index < num_layers]
-    if not kept or bad or len(set(kept)) != len(kept) or kept != sorted(kept):
-        raise ValueError(
-            f"student_layers={kept} must be distinct increasing layer indices in 0..{num_layers - 1} (the base has "
-            f"{num_layers} layers)"
-        )
-    return kept
+    return _check_layer_indices("student_layers", student_layers, num_layers, f"the base has {num_layers} layers")
 
 
 def select_adapter_layers(num_layers: int, adapter_layers: int | Sequence[int] | None) -> list[int]:
@@ -91,12 +84,19 @@ def select_adapter_layers(num_layers: int, adapter_layers: int | Sequence[int] |
                 f"adapter_layers={adapter_layers} must be between 1 and the student's {num_layers} layers"
             )
         return list(range(num_layers - adapter_layers, num_layers))
-    chosen = list(adapter_layers)
+    return _check_layer_indices(
+        "adapter_layers", adapter_layers, num_layers, f"the student has {num_layers} layers after student_layers"
+    )
+
+
+def _check_layer_indices(name: str, indices: Sequence[int], num_layers: int, context: str) -> list[int]:
+    """`indices` as a list, or a ValueError naming the option `name` unless they are distinct, increasing and in
+    0..num_layers−1."""
+    chosen = list(indices)
     bad = [index for index in chosen if not 0 <= index < num_layers]
     if not chosen or bad or len(set(chosen)) != len(chosen) or chosen != sorted(chosen):
         raise ValueError(
-            f"adapter_layers={chosen} must be distinct increasing layer indices in 0..{num_layers - 1} (the student "
-            f"has {num_layers} layers after student_layers)"
+            f"{name}={chosen} must be distinct increasing layer indices in 0..{num_layers - 1} ({context})"
         )
     return chosen
 
@@ -280,7 +280,7 @@ class StudentCohort(nn.Module):
 
         def expand(value):
             if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == rows:
-                return value.repeat(copies, *([1] * (value.dim() - 1)))
+                return _repeat_rows(value, copies)
             if isinstance(value, tuple) and any(isinstance(item, torch.Tensor) for item in value):
                 return tuple(expand(item) for item in value)  # e.g. rotary (cos, sin)
             return value
@@ -303,10 +303,7 @@ class StudentCohort(nn.Module):
         batch, num_students = input_ids.shape[0], self.num_students
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
         if self.shared_layers is None:  # adapters below the encoder layers (e.g. on embeddings): repeat the inputs
-            inputs = {
-                key: None if value is None else value.repeat(num_students, *([1] * (value.dim() - 1)))
-                for key, value in inputs.items()
-            }
+            inputs = {key: None if value is None else _repeat_rows(value, num_students) for key, value in inputs.items()}
         else:
             self._trunk_rows = batch
         # student-major: rows k*B … (k+1)*B−1 go through student k. Kept after the forward for checkpoint recompute.
@@ -370,6 +367,11 @@ class StudentCohort(nn.Module):
     def num_trainable_parameters(self, per_student: bool = False) -> int:
         total = sum(param.numel() for param in self.parameters() if param.requires_grad)
         return total // self.num_students if per_student else total
+
+
+def _repeat_rows(tensor: torch.Tensor, copies: int) -> torch.Tensor:
+    """`[B, ...]` → `[copies·B, ...]`, student-major: block k is a copy of the whole batch for student k."""
+    return tensor.repeat(copies, *([1] * (tensor.dim() - 1)))
 
 
 def _shared_trunk_depth(peft_model: PeftModel) -> int | None:

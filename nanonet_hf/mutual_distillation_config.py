@@ -2,7 +2,6 @@ import os
 from dataclasses import dataclass, field
 
 import torch
-
 from peft import LoraConfig
 from transformers import TrainingArguments
 from transformers.utils import is_torch_npu_available, is_torch_xpu_available

@@ -15,6 +15,7 @@ from transformers import (
     AutoConfig,
     AutoModelForSequenceClassification,
     AutoTokenizer,
+    PreTrainedTokenizerBase,
     Trainer,
     TrainingArguments,
     set_seed,
@@ -73,10 +74,10 @@ def train_teacher(
     return output_dir
 
 
-def check_teacher(teacher_name_or_path: str, label_names: list[str]) -> None:
+def check_teacher(teacher_name_or_path: str, label_names: list[str]) -> PreTrainedTokenizerBase:
     """Raise unless the teacher's config predicts exactly `label_names`, in order, and its own tokenizer fits its
-    embeddings (reads the config and tokenizer only). The teacher may use another vocabulary than the students: it
-    tokenizes the texts itself."""
+    embeddings (reads the config and tokenizer only); return that tokenizer. The teacher may use another vocabulary
+    than the students: it tokenizes the texts itself."""
     config = AutoConfig.from_pretrained(teacher_name_or_path)
     teacher_labels = [config.id2label[i] for i in range(config.num_labels)]
     if teacher_labels != list(label_names):
@@ -99,13 +100,14 @@ def check_teacher(teacher_name_or_path: str, label_names: list[str]) -> None:
             f"The teacher {teacher_name_or_path}'s tokenizer has {len(tokenizer)} tokens but its model embeds only "
             f"{vocab_size} (config.vocab_size): the tokenizer belongs to another model."
         )
+    return tokenizer
 
 
 def load_teacher(teacher_name_or_path: str, label_names: list[str]):
     """Load a teacher classifier (safetensors only) and its tokenizer, after `check_teacher`."""
-    check_teacher(teacher_name_or_path, label_names)
+    tokenizer = check_teacher(teacher_name_or_path, label_names)
     model = AutoModelForSequenceClassification.from_pretrained(teacher_name_or_path, use_safetensors=True)
-    return model, AutoTokenizer.from_pretrained(teacher_name_or_path)
+    return model, tokenizer
 
 
 def _folder_fingerprint(path: str) -> str:
