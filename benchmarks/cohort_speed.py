@@ -33,8 +33,8 @@ import tempfile
 import time
 
 import torch
+from common import quiet_transformers, report  # benchmarks/common.py (the script's folder is on sys.path)
 from peft import LoraConfig
-from transformers.utils import logging as hf_logging
 from transformers import AutoConfig, AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
 
 from nanonet_hf.cohort import StudentCohort, keep_layers, select_adapter_layers, select_layers
@@ -349,20 +349,15 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    quiet_transformers()
     if args.probe:
         peak_memory_probe(args)
         return
     with tempfile.TemporaryDirectory() if args.tiny else contextlib.nullcontext() as folder:
         args.model_path = tiny_model(folder) if args.tiny else resolve_model_path(args.model_path)
         result = run(args)
-    result["command"] = " ".join(["python", *sys.argv])
     print()
-    print(markdown(result))
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(result, handle, indent=2)
+    report(result, markdown(result), args.json)
 
 
 if __name__ == "__main__":

@@ -14,15 +14,13 @@ batch 32. The models are timed interleaved in one process.
 
 import argparse
 import contextlib
-import json
 import statistics
-import sys
 import tempfile
 import time
 
 import torch
+from common import quiet_transformers, report  # benchmarks/common.py (the script's folder is on sys.path)
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertForSequenceClassification
-from transformers.utils import logging as hf_logging
 
 from nanonet_hf.cohort import StudentCohort
 from nanonet_hf.data import load_builtin_dataset
@@ -67,7 +65,10 @@ def run(args, base_path: str, folder: str) -> dict:
         models["teacher " + args.teacher] = (args.teacher, AutoTokenizer.from_pretrained(args.teacher))
     loaded = {}
     for name, (path, model_tokenizer) in models.items():
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(id2label)).to(device).eval()
+        # the uncut base may carry a head for another label count (the --tiny model has 2): timing needs none of it
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=len(id2label), ignore_mismatched_sizes=True
+        ).to(device).eval()
         loaded[name] = (model, model_tokenizer, sum(param.numel() for param in model.parameters()), model.config.num_hidden_layers)
 
     rows = {name: {"parameters": params, "layers": layers, "batch_1_ms": [], "batch_32_ms": []}
@@ -118,18 +119,13 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", help="also write the measurements to this file")
     args = parser.parse_args(argv)
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    quiet_transformers()
     with tempfile.TemporaryDirectory() as folder, (
         tempfile.TemporaryDirectory() if args.tiny else contextlib.nullcontext()
     ) as tiny_folder:
         base_path = tiny_model(tiny_folder) if args.tiny else resolve_model_path(args.model_path)
         result = run(args, base_path, folder)
-    result["command"] = " ".join(["python", *sys.argv])
-    print(markdown(result))
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(result, handle, indent=2)
+    report(result, markdown(result), args.json)
 
 
 if __name__ == "__main__":
