@@ -104,6 +104,11 @@ def load_rotten_tomatoes() -> DatasetDict:
 
 
 BUILTIN_DATASETS = {"trec6": load_trec6, "rotten_tomatoes": load_rotten_tomatoes}
+# name -> (the same data's Hub dataset id, a readable name), for model cards
+BUILTIN_DATASET_INFO = {
+    "trec6": ("CogComp/trec", "TREC-6 questions (Li & Roth 2002)"),
+    "rotten_tomatoes": ("cornell-movie-review-data/rotten_tomatoes", "Rotten Tomatoes movie reviews (Pang & Lee 2005)"),
+}
 
 
 def check_builtin_dataset(name: str) -> None:

@@ -21,13 +21,16 @@ student trained on the same labels with the same budget.
 """
 
 import argparse
+import importlib.metadata
 import logging
+import platform
 import os
 import sys
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 import yaml
 from transformers import AutoConfig, AutoTokenizer, HfArgumentParser, set_seed
 
@@ -45,6 +48,7 @@ from nanonet_hf import (
 from nanonet_hf.cohort import parse_student_layers, select_adapter_layers, select_layers
 from nanonet_hf.data import tokenize
 from nanonet_hf.files import write_json
+from nanonet_hf.hub import learning_curves, push_student, write_model_card
 from nanonet_hf.inference import predict_logits
 from nanonet_hf.metrics import agreement_choice
 from nanonet_hf.resources import resolve_model_path
@@ -86,6 +90,9 @@ class ScriptArguments:
     )
     supervised_baseline: bool = field(
         default=True, metadata={"help": "Also train one student on the labels alone, same steps, for comparison."}
+    )
+    card_license: str = field(
+        default="apache-2.0", metadata={"help": "License written in the model card; match the base model's and the data's."}
     )
 
 
@@ -140,6 +147,14 @@ def main(script_args: ScriptArguments, training_args: MutualDistillationConfig) 
     timings: dict[str, float] = {}
     set_seed(training_args.seed)
     output_dir = training_args.output_dir
+    # --push_to_hub publishes the exported student (push_student), not the cohort's checkpoints: Trainer's own
+    # pushing is turned off here and the flag is honoured after the export
+    push_repo = None
+    if training_args.push_to_hub:
+        push_repo = training_args.hub_model_id or os.path.basename(os.path.abspath(output_dir))
+        if "/" not in push_repo:
+            raise SystemExit(f"--push_to_hub needs --hub_model_id owner/name (got {push_repo!r}).")
+        training_args.push_to_hub = False
     model_path = resolve_model_path(script_args.model_name_or_path)
 
     ################
@@ -296,6 +311,22 @@ def main(script_args: ScriptArguments, training_args: MutualDistillationConfig) 
             "steps": trainer.state.global_step,
         },
         "label_names": data.label_names,
+        # one labeled text per class: examples for the model card and the Space demo
+        "examples": [data.labeled["text"][list(data.labeled["label"]).index(c)] for c in sorted(set(data.labeled["label"]))],
+        "training": {
+            "learning_rate": training_args.learning_rate,
+            "batch_size": training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * training_args.world_size,
+            "unlabeled_ratio": training_args.unlabeled_ratio,
+            "temperature": training_args.temperature,
+            "lambda_kd": training_args.lambda_kd,
+            "lambda_mut": training_args.lambda_mut,
+            "mutual_loss": training_args.mutual_loss,
+            "max_length": training_args.max_length,
+            "seed": training_args.seed,
+        },
+        "learning_curve": learning_curves(trainer.state.log_history, num_students),
+        "hardware": _hardware(training_args),
+        "versions": _versions(),
     }
     if trainer.is_world_process_zero():
         t0 = time.perf_counter()
@@ -305,6 +336,7 @@ def main(script_args: ScriptArguments, training_args: MutualDistillationConfig) 
         timings["total_s"] = time.perf_counter() - start
         results["wall_time_s"] = {key: round(value, 1) for key, value in timings.items()}
         write_json(os.path.join(output_dir, "results.json"), results)
+        write_model_card(output_dir, license=script_args.card_license)  # student/README.md (+ learning_curve.png)
         print("\n" + format_table(results))
         budget = results["label_budget"]
         print(
@@ -313,7 +345,35 @@ def main(script_args: ScriptArguments, training_args: MutualDistillationConfig) 
             f"student {chosen} chosen by {selection}; wall time {timings['total_s']:.0f} s.\n"
             f"Exported: {exported.student_dir}"
         )
+        if push_repo:
+            pushed = push_student(
+                output_dir,
+                push_repo,
+                private=bool(training_args.hub_private_repo),
+                revision=training_args.hub_revision,
+                token=training_args.hub_token,
+                license=script_args.card_license,
+            )
+            print(f"Pushed to {push_repo}: {pushed.commit_url}")
     return results
+
+
+def _hardware(training_args: MutualDistillationConfig) -> str:
+    processes = f"{training_args.world_size} process(es)"
+    if torch.cuda.is_available() and not training_args.use_cpu:
+        return f"{torch.cuda.get_device_name(0)}, {processes}"
+    return f"CPU ({os.cpu_count()} cores, {platform.machine()}), {processes}"
+
+
+def _versions() -> dict[str, str]:
+    names = ("nanonet-hf", "transformers", "peft", "torch", "accelerate", "datasets")
+    found = {}
+    for name in names:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return found
 
 
 if __name__ == "__main__":

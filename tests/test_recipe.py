@@ -64,6 +64,7 @@ def test_recipe_end_to_end_on_the_real_model_and_trec6(tmp_path):
         "--teacher_epochs", "1",
         "--selection_rows", "32",
         "--logging_steps", "3",
+        "--eval_steps", "3",  # the YAML evaluates every 50 steps: here at steps 3 and 6, for the card's curve
     ]  # fmt: skip
     began = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -92,3 +93,12 @@ def test_recipe_end_to_end_on_the_real_model_and_trec6(tmp_path):
     predictions = predict_logits(model, AutoTokenizer.from_pretrained(out / "student"), test["text"]).argmax(-1)
     accuracy = float((predictions == np.asarray(test["label"])).mean())
     assert accuracy == pytest.approx(results["students"][results["chosen_student"]]["accuracy"], abs=1e-9)
+
+    # the model card: the real base model and dataset are named by their Hub ids, the curve has both evaluations
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(out / "student" / "README.md")
+    assert card.data.base_model == "sentence-transformers/all-MiniLM-L6-v2" and card.data.datasets == ["CogComp/trec"]
+    assert card.data.eval_results[0].metric_value == round(results["students"][results["chosen_student"]]["accuracy"], 4)
+    assert results["learning_curve"]["step"] == [3, 6] and (out / "student" / "learning_curve.png").is_file()
+    assert results["examples"][0] in card.text  # a TREC question in the how-to-load snippet

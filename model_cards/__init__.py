@@ -1,0 +1,1 @@
+"""Jinja templates of the cards nanonet_hf writes (installed as `nanonet_hf.model_cards`)."""

@@ -1,0 +1,213 @@
+"""The model card of a published student, rendered from a run's `results.json` with the Jinja template in
+`model_cards/student_card.md`, and the learning-curve picture it shows.
+
+`write_model_card(run_dir)` writes `README.md` and `learning_curve.png` into the exported `student/` folder; the push
+helper renders the card again with the repository id, so that its how-to-load snippet names the repository.
+"""
+
+import json
+import logging
+import math
+import os
+import re
+from importlib.resources import files
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from ..data import BUILTIN_DATASET_INFO
+
+CARD_TEMPLATE = "student_card.md"
+LEARNING_CURVE_FILE = "learning_curve.png"
+TAGS = ["nanonet", "mutual-distillation", "peft", "knowledge-distillation", "text-classification"]
+logger = logging.getLogger(__name__)
+HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+# results.json keys the card cannot do without
+REQUIRED_KEYS = ("students", "ensemble", "teacher", "chosen_student", "label_budget", "cohort", "label_names")
+
+
+def template_path(name: str = CARD_TEMPLATE) -> str:
+    """Path of a card template; `model_cards/` is installed as the package `nanonet_hf.model_cards`."""
+    return str(files("nanonet_hf.model_cards").joinpath(name))
+
+
+def read_results(run_dir: str) -> dict:
+    """`run_dir/results.json`, checked for the keys the card needs."""
+    path = os.path.join(run_dir, "results.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} does not exist: pass the output_dir of a finished `recipes/train.py` run.")
+    with open(path) as handle:
+        results = json.load(handle)
+    missing = [key for key in REQUIRED_KEYS if key not in results]
+    if missing:
+        raise ValueError(f"{path} lacks {missing}; it was not written by `recipes/train.py` of this version.")
+    return results
+
+
+def learning_curves(log_history: list[dict], num_students: int) -> dict | None:
+    """Per-student (and ensemble) eval accuracy at each evaluation of a Trainer's `log_history`; None if none."""
+    curves = {"step": [], "students": [[] for _ in range(num_students)], "ensemble": []}
+    for entry in log_history:
+        if "eval_student_0_accuracy" not in entry:
+            continue
+        curves["step"].append(entry["step"])
+        for k in range(num_students):
+            curves["students"][k].append(entry[f"eval_student_{k}_accuracy"])
+        curves["ensemble"].append(entry.get("eval_ensemble_accuracy"))
+    return curves if curves["step"] else None
+
+
+def plot_learning_curves(curves: dict, path: str, chosen_student: int | None = None) -> str:
+    """Save each student's accuracy over steps as a PNG at `path` (needs matplotlib: `pip install nanonet-hf[hub]`)."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as error:
+        raise ImportError("The learning-curve picture needs matplotlib: pip install 'nanonet-hf[hub]'") from error
+
+    figure = Figure(figsize=(6, 3.6), dpi=120)  # no pyplot: no global figure state, no GUI backend
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    for k, accuracies in enumerate(curves["students"]):
+        label = f"student {k}" + (" (published)" if k == chosen_student else "")
+        axes.plot(curves["step"], [100 * a for a in accuracies], marker="o", linewidth=2.2 if k == chosen_student else 1.2, label=label)
+    if all(value is not None for value in curves["ensemble"]):
+        axes.plot(curves["step"], [100 * a for a in curves["ensemble"]], "k--", linewidth=1, label="ensemble")
+    axes.set_xlabel("training step")
+    axes.set_ylabel("test accuracy (%)")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path)
+    return path
+
+
+def _margin(accuracy: float, n: int) -> float:
+    """Half-width of the normal-approximation 95% interval of an accuracy measured on n rows."""
+    return 1.96 * math.sqrt(max(accuracy * (1 - accuracy), 1e-12) / max(n, 1))
+
+
+def _dataset(results: dict) -> tuple[str | None, str]:
+    """(Hub dataset id or None, readable name)."""
+    name = results.get("dataset") or "custom data"
+    if name in BUILTIN_DATASET_INFO:
+        return BUILTIN_DATASET_INFO[name]
+    return None, os.path.basename(name)
+
+
+def model_card(
+    results: dict,
+    model_id: str,
+    *,
+    learning_curve_file: str | None = None,
+    license: str | None = "apache-2.0",
+    architecture: str = "AutoModelForSequenceClassification",
+) -> ModelCard:
+    """Render the student's card from a run's results.
+
+    Args:
+        results (`dict`): the run's `results.json`.
+        model_id (`str`): the repository id (or local folder) that the how-to-load snippet names.
+        learning_curve_file (`str`, *optional*): file name of the learning-curve picture beside the card.
+        license (`str`, *optional*, defaults to `"apache-2.0"`): the license of the published weights; it must agree
+            with the base model's and the data's.
+    """
+    missing = [key for key in REQUIRED_KEYS if key not in results]
+    if missing:
+        raise ValueError(f"results lack {missing}; pass the results.json of a `recipes/train.py` run.")
+    chosen = results["chosen_student"]
+    student = results["students"][chosen]
+    dataset_id, dataset_pretty = _dataset(results)
+    base_model = results.get("base_model")
+    base_is_hub_id = bool(base_model) and HUB_ID.match(base_model) is not None and not os.path.exists(base_model)
+    model_name = model_id.rstrip("/").split("/")[-1]
+
+    def evals(metric_type: str, metric_name: str, value: float, args: dict | None = None) -> EvalResult:
+        return EvalResult(
+            task_type="text-classification",
+            task_name="Text Classification",
+            dataset_type=dataset_id or "custom",
+            dataset_name=dataset_pretty,
+            dataset_split="test",
+            metric_type=metric_type,
+            metric_name=metric_name,
+            metric_value=round(value, 4),
+            metric_args=args,
+        )
+
+    card_data = ModelCardData(
+        model_name=model_name,
+        base_model=base_model if base_is_hub_id else None,
+        datasets=[dataset_id] if dataset_id else None,
+        library_name="transformers",
+        pipeline_tag="text-classification",
+        license=license,
+        tags=TAGS,
+        metrics=["accuracy", "f1"],
+        eval_results=[
+            evals("accuracy", "Accuracy", student["accuracy"]),
+            evals("f1", "Macro F1", student["macro_f1"], {"average": "macro"}),
+        ],
+    )
+    table = [dict(name="teacher", **results["teacher"])]
+    if results.get("supervised_only"):
+        table.append(dict(name="supervised-only student", **results["supervised_only"]))
+    for k, metrics in enumerate(results["students"]):
+        table.append(dict(name=f"**student {k} (this model)**" if k == chosen else f"student {k}", **metrics))
+    table.append(dict(name=f"ensemble of the {len(results['students'])} students", **results["ensemble"]))
+
+    examples = results.get("examples") or ["An example text to classify."]
+    training = results.get("training") or {}
+    return ModelCard.from_template(
+        card_data,
+        template_path=template_path(),
+        model_id=model_id,
+        model_name=model_name,
+        base_model=base_model if base_is_hub_id else None,
+        base_model_path=base_model,
+        dataset_id=dataset_id,
+        dataset_pretty=dataset_pretty,
+        label_names=results["label_names"],
+        budget=results["label_budget"],
+        cohort=results["cohort"],
+        num_layers=len(results["cohort"]["student_layers"]),
+        teacher_name=results.get("teacher_name_or_path", "a classifier with the same labels"),
+        chosen_student=chosen,
+        selection=results.get("selection", "the run's selection rule"),
+        architecture=results.get("architecture", architecture),
+        training=training,
+        results_table=table,
+        learning_curve_file=learning_curve_file,
+        wall_time=results.get("wall_time_s"),
+        hardware=results.get("hardware"),
+        example_text=examples[0].replace("\\", "\\\\").replace('"', '\\"'),
+        margin=_margin(student["accuracy"], results["label_budget"]["test"]),
+        max_length=training.get("max_length", "max_length"),
+        versions=results.get("versions", {}),
+    )
+
+
+def write_model_card(
+    run_dir: str, target_dir: str | None = None, model_id: str | None = None, license: str | None = "apache-2.0"
+) -> ModelCard:
+    """Write `README.md` (and `learning_curve.png` when the run evaluated during training) into `target_dir`.
+
+    Args:
+        run_dir (`str`): output_dir of a `recipes/train.py` run (holds `results.json` and `student/`).
+        target_dir (`str`, *optional*): where to write; defaults to `run_dir/student`.
+        model_id (`str`, *optional*): repository id for the how-to-load snippet; defaults to `target_dir`.
+    """
+    results = read_results(run_dir)
+    target_dir = target_dir or os.path.join(run_dir, "student")
+    curve_file = None
+    if results.get("learning_curve"):
+        try:
+            plot_learning_curves(results["learning_curve"], os.path.join(target_dir, LEARNING_CURVE_FILE), results["chosen_student"])
+            curve_file = LEARNING_CURVE_FILE
+        except ImportError as error:
+            logger.warning("The card is written without its learning curve: %s", error)
+    else:
+        logger.info("No evaluation during training (eval_strategy='no'): the card has no learning curve.")
+    card = model_card(results, model_id or target_dir, learning_curve_file=curve_file, license=license)
+    card.save(os.path.join(target_dir, "README.md"))
+    return card
