@@ -10,6 +10,7 @@ import torch
 from datasets import ClassLabel, Dataset, Features, Value
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, BertTokenizerFast
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LABELS = ["sport", "food", "tech"]
 CLASS_WORDS = {
     "sport": ["goal", "match", "team", "score", "coach", "league"],
@@ -88,3 +89,41 @@ def datasets(toy_pool, tokenizer):
     train = train.add_column("teacher_logits", (3 * torch.randn(len(train), 3, generator=generator)).tolist())
     evaluation = tokenize(rest.rename_column("label", "labels"), tokenizer, 16)
     return tokenize(train, tokenizer, 16), evaluation
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_model_dir, tmp_path_factory) -> str:
+    """A finished `recipes/train.py` run on the tiny model: results.json, student/ with its card and learning curve,
+    student_adapter/, student_base/."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("nanonet_recipe_train", os.path.join(ROOT, "recipes", "train.py"))
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    folder = tmp_path_factory.mktemp("run")
+    texts, labels = make_texts(12, seed=1)
+    pool = write_jsonl(folder / "pool.jsonl", [{"text": t, "label": LABELS[y]} for t, y in zip(texts, labels)])
+    texts, labels = make_texts(5, seed=2)
+    test = write_jsonl(folder / "test.jsonl", [{"text": t, "label": LABELS[y]} for t, y in zip(texts, labels)])
+    run = folder / "out"
+    argv = [
+        "--model_name_or_path", tiny_model_dir, "--labeled_file", pool, "--eval_file", test, "--labels_per_class", "4",
+        "--num_students", "2", "--student_layers", "2", "--max_steps", "4", "--per_device_train_batch_size", "8",
+        "--eval_strategy", "steps", "--eval_steps", "2", "--teacher_epochs", "1", "--learning_rate", "0.01",
+        "--max_length", "16", "--report_to", "none", "--output_dir", str(run),
+    ]  # fmt: skip
+    recipe.main(*recipe.parse_args(argv))
+    return str(run)
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """A local Hub-compatible server (tests/hub_server.py); this process's Hub client may talk to it although
+    HF_HUB_OFFLINE is set for everything else."""
+    import huggingface_hub
+
+    from .hub_server import HubServer
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    with HubServer(str(tmp_path / "hub-storage")) as server:
+        yield server
