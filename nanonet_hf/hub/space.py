@@ -1,0 +1,108 @@
+"""A Gradio Space that demos a published student: `write_space` writes the folder, `push_space` uploads it.
+
+The folder holds `app.py` (a copy of `space_app.py`), `space_config.json` (model, title, examples), a
+`requirements.txt` and a `README.md` whose front matter tells the Hub to run it (`sdk: gradio`, `app_file: app.py`,
+`models: [...]`).
+"""
+
+import json
+import os
+import shutil
+from importlib.metadata import PackageNotFoundError, version
+
+from huggingface_hub import HfApi, SpaceCard, SpaceCardData
+
+from ..files import atomic_directory
+from .card import HUB_ID, template_path
+from .push import PushError, _scrub, check_repo_id
+
+APP_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "space_app.py")
+SPACE_FILES = ("app.py", "space_config.json", "requirements.txt", "README.md")
+
+
+def _version(package: str) -> str | None:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+def write_space(
+    space_dir: str,
+    model_id: str,
+    *,
+    title: str | None = None,
+    description: str | None = None,
+    examples: list[str] | tuple[str, ...] = (),
+    top_k: int = 3,
+    license: str | None = "apache-2.0",
+) -> str:
+    """Write a Gradio Space folder that demos `model_id` (a Hub repository id, or a local folder for local runs).
+
+    The folder is built in a temporary sibling and moved into place: an existing `space_dir` is replaced whole.
+    """
+    if not isinstance(model_id, str) or not model_id:
+        raise ValueError(f"model_id must be a repository id or a folder, got {model_id!r}")
+    if not isinstance(top_k, int) or top_k < 1:
+        raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
+    examples = [text for text in examples if isinstance(text, str) and text.strip()]
+    title = title or model_id.rstrip("/").split("/")[-1]
+    on_hub = HUB_ID.match(model_id) is not None and not os.path.exists(model_id)
+    gradio_version = _version("gradio")
+    with atomic_directory(space_dir) as tmp:
+        shutil.copyfile(APP_SOURCE, os.path.join(tmp, "app.py"))
+        config = {"model": model_id, "title": title, "description": description, "examples": examples, "top_k": top_k}
+        with open(os.path.join(tmp, "space_config.json"), "w") as handle:
+            json.dump(config, handle, indent=2)
+        requirements = [f"transformers>={_version('transformers') or '5.0'}", "torch"]
+        with open(os.path.join(tmp, "requirements.txt"), "w") as handle:
+            handle.write("\n".join(requirements) + "\n")  # gradio itself comes with the Space's sdk_version
+        card_data = SpaceCardData(
+            title=title,
+            sdk="gradio",
+            sdk_version=gradio_version,
+            app_file="app.py",
+            models=[model_id] if on_hub else None,
+            license=license,
+            tags=["nanonet", "text-classification"],
+            emoji="🏷️",
+            colorFrom="indigo",
+            colorTo="green",
+            pinned=False,
+        )
+        card = SpaceCard.from_template(
+            card_data, template_path=template_path("space_card.md"), model_id=model_id, on_hub=on_hub, title=title, description=description
+        )
+        card.save(os.path.join(tmp, "README.md"))
+    return os.path.abspath(space_dir)
+
+
+def push_space(
+    space_dir: str,
+    space_repo_id: str,
+    *,
+    private: bool = False,
+    token: str | None = None,
+    endpoint: str | None = None,
+    commit_message: str | None = None,
+) -> str:
+    """Upload a folder written by `write_space` as a Gradio Space; returns the commit URL."""
+    check_repo_id(space_repo_id, "space_repo_id")
+    missing = [name for name in SPACE_FILES if not os.path.isfile(os.path.join(space_dir, name))]
+    if missing:
+        raise FileNotFoundError(f"{space_dir} lacks {missing}: write it with write_space first.")
+    api = HfApi(endpoint=endpoint, token=token)
+    try:
+        api.create_repo(space_repo_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
+        commit = api.upload_folder(
+            repo_id=space_repo_id,
+            repo_type="space",
+            folder_path=space_dir,
+            commit_message=commit_message or "Upload nanonet_hf demo",
+        )
+    except Exception as error:  # re-raised with what to do; the cause stays chained
+        raise PushError(
+            _scrub(f"Pushing the Space {space_dir} to {space_repo_id} on {endpoint or api.endpoint} failed: "
+                   f"{type(error).__name__}: {error}\nRun the same push again once the server answers.", token)
+        ) from error
+    return commit.commit_url
