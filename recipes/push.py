@@ -72,7 +72,7 @@ def main(args: PushArguments) -> int:
                 print(f"Adapter: {result.adapter_commit_url}\nBase: {result.base_commit_url}")
 
         if args.space_repo_id:
-            space = dict(title=args.space_title, examples=read_results(args.run_dir).get("examples", []), license=args.license)
+            space = {"title": args.space_title, "examples": read_results(args.run_dir).get("examples", []), "license": args.license}
             if args.dry_run_dir is not None:
                 space_dir = write_space(os.path.join(args.dry_run_dir, *args.space_repo_id.split("/")), args.repo_id, **space)
                 print(f"Would upload to the Space {args.space_repo_id}: {space_dir}")

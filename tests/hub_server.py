@@ -100,7 +100,11 @@ class LocalHub:
             os.makedirs(staging)
         else:
             shutil.copytree(self.snapshot(repo, parent), staging)
-        changes(staging)
+        try:
+            changes(staging)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         digest = hashlib.sha1((parent or "").encode())
         for folder, _, names in sorted(os.walk(staging)):
             for name in sorted(names):

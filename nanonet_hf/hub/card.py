@@ -22,6 +22,14 @@ TAGS = ["nanonet", "mutual-distillation", "peft", "knowledge-distillation", "tex
 logger = logging.getLogger(__name__)
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
+# results.json wall-time keys -> words for the card
+PHASES = {
+    "teacher_s": "teacher (fine-tune and logits)",
+    "cohort_train_s": "cohort training (with its evaluations)",
+    "supervised_train_s": "supervised-only baseline",
+    "export_s": "export",
+    "total_s": "total",
+}
 # results.json keys the card cannot do without
 REQUIRED_KEYS = ("students", "ensemble", "teacher", "chosen_student", "label_budget", "cohort", "label_names")
 
@@ -178,7 +186,8 @@ def model_card(
         training=training,
         results_table=table,
         learning_curve_file=learning_curve_file,
-        wall_time=results.get("wall_time_s"),
+        wall_time=[(PHASES.get(key, key), seconds) for key, seconds in (results.get("wall_time_s") or {}).items()],
+        has_supervised=bool(results.get("supervised_only")),
         hardware=results.get("hardware"),
         example_text=examples[0].replace("\\", "\\\\").replace('"', '\\"'),
         margin=_margin(student["accuracy"], results["label_budget"]["test"]),

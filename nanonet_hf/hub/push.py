@@ -106,7 +106,8 @@ def _check_run(run_dir: str, with_adapter: bool) -> None:
             raise FileNotFoundError(f"{os.path.join(run_dir, folder)} has no {config}: is {run_dir} the output_dir of a finished run?")
 
 
-def _scrub(message: str, token: str | None) -> str:
+def scrub_token(message: str, token: str | None) -> str:
+    """`message` with `token` masked, for error messages that quote a server's answer."""
     return message.replace(token, "***") if token else message
 
 
@@ -161,12 +162,13 @@ def push_student(
     _check_run(run_dir, adapter_repo_id is not None)
 
     with tempfile.TemporaryDirectory(prefix="nanonet-push-") as staging:  # the run folder is only read
-        plan = [(repo_id, os.path.join(staging, "student"))]
-        os.makedirs(plan[0][1])
-        stage_student(run_dir, plan[0][1], repo_id, license)
+        plan = [(repo_id, os.path.join(staging, "student"))]  # (repository, staged folder)
         if adapter_repo_id is not None:
             plan += [(adapter_repo_id, os.path.join(staging, "adapter")), (base_repo_id, os.path.join(staging, "base"))]
-            os.makedirs(plan[1][1]), os.makedirs(plan[2][1])
+        for _, folder in plan:
+            os.makedirs(folder)
+        stage_student(run_dir, plan[0][1], repo_id, license)
+        if adapter_repo_id is not None:
             stage_adapter(run_dir, plan[1][1], adapter_repo_id, base_repo_id, repo_id, license)
             stage_base(run_dir, plan[2][1], base_repo_id, adapter_repo_id, license)
 
@@ -195,7 +197,7 @@ def push_student(
             except Exception as error:  # re-raised with what to do; the cause stays chained
                 where = endpoint or api.endpoint
                 raise PushError(
-                    _scrub(
+                    scrub_token(
                         f"Pushing {run_dir} to {target_id} on {where} failed: {type(error).__name__}: {error}\n"
                         f"Nothing in {run_dir} was changed; run the same push again once the server answers.",
                         token,

@@ -14,7 +14,7 @@ from huggingface_hub import HfApi, SpaceCard, SpaceCardData
 
 from ..files import atomic_directory
 from .card import HUB_ID, template_path
-from .push import PushError, _scrub, check_repo_id
+from .push import PushError, check_repo_id, scrub_token
 
 APP_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "space_app.py")
 SPACE_FILES = ("app.py", "space_config.json", "requirements.txt", "README.md")
@@ -102,7 +102,7 @@ def push_space(
         )
     except Exception as error:  # re-raised with what to do; the cause stays chained
         raise PushError(
-            _scrub(f"Pushing the Space {space_dir} to {space_repo_id} on {endpoint or api.endpoint} failed: "
+            scrub_token(f"Pushing the Space {space_dir} to {space_repo_id} on {endpoint or api.endpoint} failed: "
                    f"{type(error).__name__}: {error}\nRun the same push again once the server answers.", token)
         ) from error
     return commit.commit_url
