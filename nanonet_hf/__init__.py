@@ -7,15 +7,17 @@ teacher's logits on unlabeled text; the best student is exported as a plain tran
 from .cohort import StudentCohort
 from .data import CohortCollator, FewShotData, MixedBatchSampler, load_builtin_dataset, prepare_data, training_dataset
 from .export import ExportedStudent, export_student
-from .losses import distillation_loss, linear_rampup, mutual_loss, supervised_loss
+from .losses import confidence_need_weights, distillation_loss, linear_rampup, mutual_loss, supervised_loss
 from .metrics import classification_metrics, cohort_metrics
 from .mutual_distillation_config import MutualDistillationConfig
 from .mutual_distillation_trainer import MutualDistillationTrainer
 from .teacher import add_teacher_logits, train_teacher
+from .weighting import AdaptiveThresholds
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdaptiveThresholds",
     "CohortCollator",
     "ExportedStudent",
     "FewShotData",
@@ -26,6 +28,7 @@ __all__ = [
     "add_teacher_logits",
     "classification_metrics",
     "cohort_metrics",
+    "confidence_need_weights",
     "distillation_loss",
     "export_student",
     "linear_rampup",

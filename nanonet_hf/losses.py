@@ -8,6 +8,9 @@ Rows are selected with masks rather than by indexing, so a batch with no row of 
 unlabeled row) gives a finite zero that is still attached to the graph.
 """
 
+import math
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 
@@ -15,11 +18,14 @@ IGNORE_INDEX = -100  # label of an unlabeled row, as in transformers
 
 
 def _masked_mean(per_row: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Weighted mean over rows of `per_row` `[B, K]` with `weights` `[B]`; zero when all weights are zero."""
+    """Weighted mean over rows of `per_row` `[B, K]` with `weights` `[B]` (shared) or `[B, K]` (per student); zero
+    for a student whose weights are all zero."""
     weights = weights.to(per_row.dtype)
-    total = weights.sum()
+    if weights.dim() == 1:
+        weights = weights[:, None]
+    total = weights.sum(dim=0)
     # clamp keeps an empty mask at 0 / 1 = 0 instead of 0 / 0 = NaN (HF's CE over all -100 labels returns NaN)
-    return (per_row * weights[:, None]).sum(dim=0) / total.clamp(min=1e-12)  # [K]
+    return (per_row * weights).sum(dim=0) / total.clamp(min=1e-12)  # [K]
 
 
 def supervised_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -54,10 +60,10 @@ def distillation_loss(
         temperature (`float`, *optional*, defaults to `1.0`): softening temperature τ; the τ² factor keeps gradient
             magnitudes comparable across temperatures (Hinton et al., 2015).
         weights (`torch.Tensor`, *optional*): `[B]` non-negative row weights, e.g. 1 for unlabeled rows and 0 for the
-            rest. Defaults to all ones.
+            rest, or `[B, K]` weights per student (see [`confidence_need_weights`]). Defaults to all ones.
 
     Returns:
-        `torch.Tensor`: `[K]`; zero when every weight is zero.
+        `torch.Tensor`: `[K]`; zero for a student whose weights are all zero.
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -67,6 +73,58 @@ def distillation_loss(
     student_logp = F.log_softmax(logits.float() / temperature, dim=-1)  # [B, K, C]
     per_row = (teacher_logp.exp() * (teacher_logp - student_logp)).sum(dim=-1)  # [B, K]
     return temperature**2 * _masked_mean(per_row, weights)
+
+
+class RowWeights(NamedTuple):
+    weights: torch.Tensor  # [B, K]
+    keep: torch.Tensor  # [B, K] bool
+    confidence: torch.Tensor  # [B] teacher's max probability
+    need: torch.Tensor  # [B, K] student entropy / log C
+    teacher_class: torch.Tensor  # [B]
+
+
+def confidence_need_weights(
+    logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    *,
+    teacher_thresholds: torch.Tensor,
+    student_thresholds: torch.Tensor,
+    rows: torch.Tensor | None = None,
+) -> RowWeights:
+    """LLKD's weighting of distillation rows: teacher confidence × student need, per student.
+
+    With p_T the teacher's probabilities, ĉ = argmax p_T its class, conf = max p_T, and H_k the entropy of student k
+    divided by log C (its need, in [0, 1]), a row is kept for student k when conf ≥ τ_T(ĉ) and H_k ≥ τ_S(ĉ), and
+    weighted by conf · H_k: rows the teacher is sure of and the student is not teach the most.
+
+    Args:
+        logits (`torch.Tensor`): `[B, K, C]` student logits (only their values are used: no gradient flows).
+        teacher_logits (`torch.Tensor`): `[B, C]`.
+        teacher_thresholds (`torch.Tensor`): `[C]` per-class thresholds τ_T on the teacher's confidence.
+        student_thresholds (`torch.Tensor`): `[C]` per-class thresholds τ_S on the students' normalised entropy.
+        rows (`torch.Tensor`, *optional*): `[B]` mask of the rows that take part (e.g. the unlabeled ones).
+
+    Returns:
+        [`RowWeights`]: `weights` `[B, K]` and `keep` `[B, K]` (zero outside `rows`), `confidence` `[B]`, `need`
+        `[B, K]`, `teacher_class` `[B]`.
+    """
+    num_classes = logits.shape[-1]
+    with torch.no_grad():
+        teacher_probs = F.softmax(teacher_logits.float(), dim=-1)
+        confidence, teacher_class = teacher_probs.max(dim=-1)  # [B]
+        student_logp = F.log_softmax(logits.detach().float(), dim=-1)  # [B, K, C]
+        need = -(student_logp.exp() * student_logp).sum(-1) / math.log(max(num_classes, 2))  # [B, K] in [0, 1]
+        keep = (confidence >= teacher_thresholds.to(confidence.device)[teacher_class])[:, None]
+        keep = keep & (need >= student_thresholds.to(need.device)[teacher_class][:, None])  # [B, K]
+        if rows is not None:
+            keep = keep & rows.bool()[:, None]
+        weights = keep.float() * confidence[:, None] * need
+    return RowWeights(weights, keep, confidence, need, teacher_class)
+
+
+def class_sums(values: torch.Tensor, classes: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Per-class sums `[C]` of `values` `[N]` grouped by `classes` `[N]`."""
+    return torch.zeros(num_classes, dtype=values.dtype, device=values.device).index_add_(0, classes, values)
 
 
 def mutual_loss(

@@ -54,6 +54,11 @@ class MutualDistillationConfig(TrainingArguments):
         `"kl"` (deep mutual learning) or `"mse"` of logits (DisCo, PS-Net).
     rampup_ratio (`float`, *optional*, defaults to `0.2`):
         The mutual weight ramps linearly from 0 to `lambda_mut` over this fraction of the training steps.
+    kd_weighting (`str`, *optional*, defaults to `"none"`):
+        `"confidence_need"` weights each unlabeled row, per student, by teacher confidence × student entropy and keeps
+        it only above per-class thresholds (LLKD; see [`nanonet_hf.losses.confidence_need_weights`]).
+    threshold_momentum (`float`, *optional*, defaults to `0.9`):
+        EMA momentum of those per-class thresholds ([`nanonet_hf.weighting.AdaptiveThresholds`]).
 
     > Parameters that control the data
 
@@ -108,6 +113,17 @@ class MutualDistillationConfig(TrainingArguments):
     rampup_ratio: float = field(
         default=0.2, metadata={"help": "Fraction of training steps over which the mutual weight ramps up from 0."}
     )
+    kd_weighting: str = field(
+        default="none",
+        metadata={
+            "help": "Weighting of distillation rows: 'none' (every unlabeled row alike) or 'confidence_need' (LLKD: "
+            "rows where the teacher is confident and the student uncertain, with per-class thresholds moved by EMA).",
+            "choices": ["none", "confidence_need"],
+        },
+    )
+    threshold_momentum: float = field(
+        default=0.9, metadata={"help": "EMA momentum of the per-class thresholds of kd_weighting='confidence_need'."}
+    )
 
     # ---- data ----
     unlabeled_ratio: float = field(default=3.0, metadata={"help": "Unlabeled rows per labeled row in a training batch."})
@@ -119,6 +135,13 @@ class MutualDistillationConfig(TrainingArguments):
     ddp_find_unused_parameters: bool | None = field(
         default=False,
         metadata={"help": "Every student's adapter and head get a gradient at every step, so DDP need not search."},
+    )
+    restore_callback_states_from_checkpoint: bool = field(
+        default=True,
+        metadata={
+            "help": "Restore stateful callbacks on resume; the LLKD thresholds are one, and a resumed run should "
+            "continue with them as an uninterrupted one would."
+        },
     )
     label_names: list[str] | None = field(
         default_factory=lambda: ["labels"], metadata={"help": "Keys of the labels in the batch."}
@@ -145,6 +168,10 @@ class MutualDistillationConfig(TrainingArguments):
         for name in ("lambda_kd", "lambda_mut", "unlabeled_ratio", "lora_dropout"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.kd_weighting not in ("none", "confidence_need"):
+            raise ValueError(f"kd_weighting must be 'none' or 'confidence_need', got {self.kd_weighting!r}")
+        if not 0 <= self.threshold_momentum <= 1:
+            raise ValueError(f"threshold_momentum must be in [0, 1], got {self.threshold_momentum}")
         if not 0 <= self.rampup_ratio <= 1:
             raise ValueError(f"rampup_ratio must be in [0, 1], got {self.rampup_ratio}")
         parse_student_layers(self.student_layers)  # a malformed value fails here, before any work

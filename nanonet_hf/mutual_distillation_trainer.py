@@ -15,9 +15,18 @@ from transformers.utils import SAFE_WEIGHTS_NAME
 
 from .cohort import StudentCohort
 from .data import MODEL_INPUT_NAMES, CohortCollator, MixedBatchSampler
-from .losses import IGNORE_INDEX, distillation_loss, linear_rampup, mutual_loss, supervised_loss
+from .losses import (
+    IGNORE_INDEX,
+    class_sums,
+    confidence_need_weights,
+    distillation_loss,
+    linear_rampup,
+    mutual_loss,
+    supervised_loss,
+)
 from .metrics import cohort_metrics
 from .mutual_distillation_config import MutualDistillationConfig
+from .weighting import AdaptiveThresholds
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +108,10 @@ class MutualDistillationTrainer(Trainer):
         # already passed through accelerator.gather; averaged and cleared in `log`
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
 
+        # ---- LLKD thresholds: a stateful callback, so checkpoints save and resume restores them ----
+        if args.kd_weighting == "confidence_need":
+            callbacks = [*(callbacks or []), AdaptiveThresholds(model.config.num_labels, momentum=args.threshold_momentum)]
+
         super().__init__(
             model=model,
             args=args,
@@ -149,8 +162,9 @@ class MutualDistillationTrainer(Trainer):
 
         sup = supervised_loss(logits, labels)  # [K]
         if teacher_logits is not None and args.lambda_kd > 0:
-            unlabeled = (labels == IGNORE_INDEX).float()  # KD on unlabeled rows only
-            kd = distillation_loss(logits, teacher_logits, temperature=args.temperature, weights=unlabeled)  # [K]
+            unlabeled = labels == IGNORE_INDEX  # KD on unlabeled rows only
+            weights = self._confidence_need(logits, teacher_logits, unlabeled) if args.kd_weighting == "confidence_need" else unlabeled
+            kd = distillation_loss(logits, teacher_logits, temperature=args.temperature, weights=weights)  # [K]
         else:
             kd = torch.zeros_like(sup)
         mut = mutual_loss(logits, kind=args.mutual_loss)  # [K]
@@ -173,6 +187,36 @@ class MutualDistillationTrainer(Trainer):
         if mode == "train":
             metrics["mutual_weight"].append(args.lambda_mut * ramp)
         return (loss, logits) if return_outputs else loss
+
+    def _confidence_need(self, logits: torch.Tensor, teacher_logits: torch.Tensor, unlabeled: torch.Tensor) -> torch.Tensor:
+        """LLKD weights `[B, K]` under the current thresholds; in training, log the rows kept per class and move the
+        thresholds by the batch's per-class means, summed over processes so that every process keeps the same ones."""
+        thresholds = next(cb for cb in self.callback_handler.callbacks if isinstance(cb, AdaptiveThresholds))
+        teacher_t, student_t = thresholds.tensors(logits.device)
+        weights, keep, confidence, need, teacher_class = confidence_need_weights(
+            logits, teacher_logits, teacher_thresholds=teacher_t, student_thresholds=student_t, rows=unlabeled
+        )
+        if self.model.training:
+            rows = unlabeled.nonzero().squeeze(-1)
+            classes = teacher_class[rows]
+            stats = torch.stack(
+                [
+                    class_sums(torch.ones_like(confidence[rows]), classes, thresholds.num_classes),  # rows
+                    class_sums(confidence[rows], classes, thresholds.num_classes),
+                    class_sums(need[rows].mean(-1), classes, thresholds.num_classes),  # mean over students
+                    class_sums(keep[rows].float().mean(-1), classes, thresholds.num_classes),  # share of students
+                ]
+            )  # [4, C]
+            counts, sums, kept = self.accelerator.gather(stats[None]).sum(dim=0).split([1, 2, 1])
+            counts, kept = counts[0], kept[0]
+            id2label = self.accelerator.unwrap_model(self.model).config.id2label
+            for c in range(thresholds.num_classes):
+                if counts[c] > 0:
+                    self._metrics["train"][f"kd_kept_{id2label.get(c, c)}"].append((kept[c] / counts[c]).item())
+            if counts.sum() > 0:
+                self._metrics["train"]["kd_kept"].append((kept.sum() / counts.sum()).item())
+            thresholds.update(sums, counts)
+        return weights
 
     def training_step(self, model: nn.Module, inputs: dict, num_items_in_batch=None) -> torch.Tensor:
         try:

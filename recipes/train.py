@@ -321,6 +321,7 @@ def main(script_args: ScriptArguments, training_args: MutualDistillationConfig) 
             "lambda_kd": training_args.lambda_kd,
             "lambda_mut": training_args.lambda_mut,
             "mutual_loss": training_args.mutual_loss,
+            "kd_weighting": training_args.kd_weighting,
             "max_length": training_args.max_length,
             "seed": training_args.seed,
         },
