@@ -21,10 +21,9 @@ student trained on the same labels with the same budget.
 """
 
 import argparse
-import importlib.metadata
 import logging
-import platform
 import os
+import platform
 import sys
 import time
 from dataclasses import dataclass, field
@@ -49,6 +48,7 @@ from nanonet_hf.cohort import parse_student_layers, select_adapter_layers, selec
 from nanonet_hf.data import tokenize
 from nanonet_hf.files import write_json
 from nanonet_hf.hub import learning_curves, push_student, write_model_card
+from nanonet_hf.hub.card import package_versions
 from nanonet_hf.inference import predict_logits
 from nanonet_hf.metrics import agreement_choice
 from nanonet_hf.resources import resolve_model_path
@@ -151,8 +151,8 @@ def main(script_args: ScriptArguments, training_args: MutualDistillationConfig) 
     # pushing is turned off here and the flag is honoured after the export
     push_repo = None
     if training_args.push_to_hub:
-        push_repo = training_args.hub_model_id or os.path.basename(os.path.abspath(output_dir))
-        if "/" not in push_repo:
+        push_repo = training_args.hub_model_id
+        if not push_repo or "/" not in push_repo:
             raise SystemExit(f"--push_to_hub needs --hub_model_id owner/name (got {push_repo!r}).")
         training_args.push_to_hub = False
     model_path = resolve_model_path(script_args.model_name_or_path)
@@ -327,7 +327,7 @@ def main(script_args: ScriptArguments, training_args: MutualDistillationConfig) 
         },
         "learning_curve": learning_curves(trainer.state.log_history, num_students),
         "hardware": _hardware(training_args),
-        "versions": _versions(),
+        "versions": package_versions("nanonet-hf", "transformers", "peft", "torch", "accelerate", "datasets"),
     }
     if trainer.is_world_process_zero():
         t0 = time.perf_counter()
@@ -364,17 +364,6 @@ def _hardware(training_args: MutualDistillationConfig) -> str:
     if torch.cuda.is_available() and not training_args.use_cpu:
         return f"{torch.cuda.get_device_name(0)}, {processes}"
     return f"CPU ({os.cpu_count()} cores, {platform.machine()}), {processes}"
-
-
-def _versions() -> dict[str, str]:
-    names = ("nanonet-hf", "transformers", "peft", "torch", "accelerate", "datasets")
-    found = {}
-    for name in names:
-        try:
-            found[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return found
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import re
+from importlib.metadata import PackageNotFoundError, version
 from importlib.resources import files
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
@@ -37,6 +38,17 @@ REQUIRED_KEYS = ("students", "ensemble", "teacher", "chosen_student", "label_bud
 def template_path(name: str = CARD_TEMPLATE) -> str:
     """Path of a card template; `model_cards/` is installed as the package `nanonet_hf.model_cards`."""
     return str(files("nanonet_hf.model_cards").joinpath(name))
+
+
+def package_versions(*names: str) -> dict[str, str]:
+    """Installed versions of the packages among `names` (missing ones are left out), for cards and requirements."""
+    found = {}
+    for name in names:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return found
 
 
 def read_results(run_dir: str) -> dict:

@@ -19,7 +19,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 
-from huggingface_hub import HfApi, ModelCard, ModelCardData
+from huggingface_hub import CommitInfo, HfApi, ModelCard, ModelCardData
 
 from ..files import atomic_directory
 from .card import LEARNING_CURVE_FILE, model_card, read_results, template_path
@@ -63,9 +63,8 @@ def _copy_folder(source: str, target: str, skip: set[str] = frozenset()) -> None
             shutil.copy2(path, os.path.join(target, name))
 
 
-def stage_student(run_dir: str, target: str, repo_id: str, license: str | None) -> None:
+def stage_student(run_dir: str, results: dict, target: str, repo_id: str, license: str | None) -> None:
     """The student repository: the merged model, tokenizer, learning curve and the card for `repo_id`."""
-    results = read_results(run_dir)
     _copy_folder(os.path.join(run_dir, "student"), target, skip=RENDERED)
     curve = LEARNING_CURVE_FILE if os.path.isfile(os.path.join(target, LEARNING_CURVE_FILE)) else None
     model_card(results, repo_id, learning_curve_file=curve, license=license).save(os.path.join(target, "README.md"))
@@ -97,18 +96,56 @@ def stage_base(run_dir: str, target: str, base_repo_id: str, adapter_repo_id: st
     _short_card("base_card.md", data, repo_id=base_repo_id, adapter_repo_id=adapter_repo_id).save(os.path.join(target, "README.md"))
 
 
-def _check_run(run_dir: str, with_adapter: bool) -> None:
-    read_results(run_dir)
+def _check_run(run_dir: str, with_adapter: bool) -> dict:
+    """The run's results, once its folders are known to be complete."""
+    results = read_results(run_dir)
     folders = ["student"] + (["student_adapter", "student_base"] if with_adapter else [])
     for folder in folders:
         config = "adapter_config.json" if folder == "student_adapter" else "config.json"
         if not os.path.isfile(os.path.join(run_dir, folder, config)):
             raise FileNotFoundError(f"{os.path.join(run_dir, folder)} has no {config}: is {run_dir} the output_dir of a finished run?")
+    return results
 
 
 def scrub_token(message: str, token: str | None) -> str:
     """`message` with `token` masked, for error messages that quote a server's answer."""
     return message.replace(token, "***") if token else message
+
+
+def upload(
+    api: HfApi,
+    repo_id: str,
+    folder: str,
+    *,
+    source: str,
+    token: str | None,
+    message: str,
+    private: bool = False,
+    revision: str | None = None,
+    create_pr: bool = False,
+    repo_type: str = "model",
+    **create_kwargs,
+) -> CommitInfo:
+    """`create_repo(exist_ok=True)`, `create_branch` for a revision other than main, then `upload_folder`.
+
+    Any failure is re-raised as a [`PushError`] that names `source` (the local folder, only read), the repository and
+    the server, with the token masked; the cause stays chained.
+    """
+    try:
+        api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True, **create_kwargs)
+        if revision not in (None, "main"):
+            api.create_branch(repo_id, repo_type=repo_type, branch=revision, exist_ok=True)
+        return api.upload_folder(
+            repo_id=repo_id, repo_type=repo_type, folder_path=folder, commit_message=message, revision=revision, create_pr=create_pr
+        )
+    except Exception as error:
+        raise PushError(
+            scrub_token(
+                f"Pushing {source} to {repo_id} on {api.endpoint} failed: {type(error).__name__}: {error}\n"
+                f"Nothing in {source} was changed; run the same push again once the server answers.",
+                token,
+            )
+        ) from error
 
 
 def push_student(
@@ -159,7 +196,7 @@ def push_student(
     if create_pr and revision not in (None, "main"):
         raise ValueError(f"create_pr opens a pull request against main; it cannot be combined with revision={revision!r}.")
     run_dir = os.path.abspath(run_dir)
-    _check_run(run_dir, adapter_repo_id is not None)
+    results = _check_run(run_dir, adapter_repo_id is not None)
 
     with tempfile.TemporaryDirectory(prefix="nanonet-push-") as staging:  # the run folder is only read
         plan = [(repo_id, os.path.join(staging, "student"))]  # (repository, staged folder)
@@ -167,7 +204,7 @@ def push_student(
             plan += [(adapter_repo_id, os.path.join(staging, "adapter")), (base_repo_id, os.path.join(staging, "base"))]
         for _, folder in plan:
             os.makedirs(folder)
-        stage_student(run_dir, plan[0][1], repo_id, license)
+        stage_student(run_dir, results, plan[0][1], repo_id, license)
         if adapter_repo_id is not None:
             stage_adapter(run_dir, plan[1][1], adapter_repo_id, base_repo_id, repo_id, license)
             stage_base(run_dir, plan[2][1], base_repo_id, adapter_repo_id, license)
@@ -187,22 +224,10 @@ def push_student(
         commits = {}
         # the base first: the adapter's config names it, the student's card may name the adapter
         for target_id, folder in reversed(plan):
-            try:
-                api.create_repo(target_id, private=private, exist_ok=True)
-                if revision not in (None, "main"):
-                    api.create_branch(target_id, branch=revision, exist_ok=True)
-                commits[target_id] = api.upload_folder(
-                    repo_id=target_id, folder_path=folder, commit_message=message, revision=revision, create_pr=create_pr
-                )
-            except Exception as error:  # re-raised with what to do; the cause stays chained
-                where = endpoint or api.endpoint
-                raise PushError(
-                    scrub_token(
-                        f"Pushing {run_dir} to {target_id} on {where} failed: {type(error).__name__}: {error}\n"
-                        f"Nothing in {run_dir} was changed; run the same push again once the server answers.",
-                        token,
-                    )
-                ) from error
+            commits[target_id] = upload(
+                api, target_id, folder, source=run_dir, token=token, message=message, private=private,
+                revision=revision, create_pr=create_pr,
+            )  # fmt: skip
             logger.info("Pushed %s: %s", target_id, commits[target_id].commit_url)
 
     main_commit = commits[repo_id]

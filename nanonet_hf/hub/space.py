@@ -8,23 +8,15 @@ The folder holds `app.py` (a copy of `space_app.py`), `space_config.json` (model
 import json
 import os
 import shutil
-from importlib.metadata import PackageNotFoundError, version
 
 from huggingface_hub import HfApi, SpaceCard, SpaceCardData
 
 from ..files import atomic_directory
-from .card import HUB_ID, template_path
-from .push import PushError, check_repo_id, scrub_token
+from .card import HUB_ID, package_versions, template_path
+from .push import check_repo_id, upload
 
 APP_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "space_app.py")
 SPACE_FILES = ("app.py", "space_config.json", "requirements.txt", "README.md")
-
-
-def _version(package: str) -> str | None:
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return None
 
 
 def write_space(
@@ -48,19 +40,19 @@ def write_space(
     examples = [text for text in examples if isinstance(text, str) and text.strip()]
     title = title or model_id.rstrip("/").split("/")[-1]
     on_hub = HUB_ID.match(model_id) is not None and not os.path.exists(model_id)
-    gradio_version = _version("gradio")
+    versions = package_versions("gradio", "transformers")
     with atomic_directory(space_dir) as tmp:
         shutil.copyfile(APP_SOURCE, os.path.join(tmp, "app.py"))
         config = {"model": model_id, "title": title, "description": description, "examples": examples, "top_k": top_k}
         with open(os.path.join(tmp, "space_config.json"), "w") as handle:
             json.dump(config, handle, indent=2)
-        requirements = [f"transformers>={_version('transformers') or '5.0'}", "torch"]
+        requirements = [f"transformers>={versions.get('transformers', '5.0')}", "torch"]
         with open(os.path.join(tmp, "requirements.txt"), "w") as handle:
             handle.write("\n".join(requirements) + "\n")  # gradio itself comes with the Space's sdk_version
         card_data = SpaceCardData(
             title=title,
             sdk="gradio",
-            sdk_version=gradio_version,
+            sdk_version=versions.get("gradio"),
             app_file="app.py",
             models=[model_id] if on_hub else None,
             license=license,
@@ -91,18 +83,15 @@ def push_space(
     missing = [name for name in SPACE_FILES if not os.path.isfile(os.path.join(space_dir, name))]
     if missing:
         raise FileNotFoundError(f"{space_dir} lacks {missing}: write it with write_space first.")
-    api = HfApi(endpoint=endpoint, token=token)
-    try:
-        api.create_repo(space_repo_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
-        commit = api.upload_folder(
-            repo_id=space_repo_id,
-            repo_type="space",
-            folder_path=space_dir,
-            commit_message=commit_message or "Upload nanonet_hf demo",
-        )
-    except Exception as error:  # re-raised with what to do; the cause stays chained
-        raise PushError(
-            scrub_token(f"Pushing the Space {space_dir} to {space_repo_id} on {endpoint or api.endpoint} failed: "
-                   f"{type(error).__name__}: {error}\nRun the same push again once the server answers.", token)
-        ) from error
+    commit = upload(
+        HfApi(endpoint=endpoint, token=token),
+        space_repo_id,
+        space_dir,
+        source=space_dir,
+        token=token,
+        message=commit_message or "Upload nanonet_hf demo",
+        private=private,
+        repo_type="space",
+        space_sdk="gradio",
+    )
     return commit.commit_url
