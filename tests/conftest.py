@@ -8,7 +8,14 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import pytest
 import torch
 from datasets import ClassLabel, Dataset, Features, Value
-from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, BertTokenizerFast
+from transformers import (
+    AutoTokenizer,
+    BertConfig,
+    BertForSequenceClassification,
+    BertTokenizerFast,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LABELS = ["sport", "food", "tech"]
@@ -42,6 +49,22 @@ def tiny_model_dir(tmp_path_factory) -> str:
         attention_probs_dropout_prob=0.0,
     )
     BertForSequenceClassification(config).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tiny_model_dir, tmp_path_factory):
+    """A 2-layer random Llama over the toy word vocabulary (the tiny BERT tokenizer)."""
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.save_pretrained(path)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=2, max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
+    )  # fmt: skip
+    LlamaForCausalLM(config).save_pretrained(path)
     return str(path)
 
 
