@@ -16,17 +16,23 @@ trainer after `backward()`) or until the next forward replaces it.
 
 import contextlib
 import copy
+import functools
 import os
 from collections.abc import Sequence
 
 import torch
 from peft import LoraConfig, PeftConfig, PeftModel, TaskType, get_peft_model
 from peft.tuners.lora import LoraLayer
+from peft.utils.constants import DUMMY_TARGET_MODULES
 from peft.utils.other import AuxiliaryTrainingWrapper
 from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel
 
+from .bias_students import StudentBiases
+from .views import StudentViews
+
 STUDENT_PREFIX = "student_"
+ADAPTER_TYPES = ("lora", "bias")
 
 
 def student_name(index: int) -> str:
@@ -174,7 +180,14 @@ class StudentCohort(nn.Module):
         student_layers (`list[int]`): indices of the base layers the students keep.
     """
 
-    def __init__(self, peft_model: PeftModel, *, base_model_name_or_path: str, student_layers: list[int]):
+    def __init__(
+        self,
+        peft_model: PeftModel,
+        *,
+        base_model_name_or_path: str,
+        student_layers: list[int],
+        bias_layers: list[int] | None = None,
+    ):
         super().__init__()
         self.peft_model = peft_model
         self.base_model_name_or_path = str(base_model_name_or_path)
@@ -189,13 +202,23 @@ class StudentCohort(nn.Module):
             check_adapter_config(peft_model.peft_config[name])
         self._routing: list[str] | None = None
         self._trunk_rows: int | None = None  # batch size B of the forward whose hidden states are being expanded
+        self._views: StudentViews | None = None  # the views of the last forward, kept like the routing
+        self.teacher: PreTrainedModel | None = None  # an online teacher (`attach_teacher`)
         for module in peft_model.modules():
             if isinstance(module, (LoraLayer, AuxiliaryTrainingWrapper)):
                 module.register_forward_pre_hook(self._route, with_kwargs=True)
-        self.shared_layers = _shared_trunk_depth(peft_model)
+        layers = _encoder_layers(peft_model.get_base_model()) if bias_layers is not None else None
+        # bias-only students: per-student offsets of the adapted layers' biases (a submodule, so they train and save)
+        self.student_biases = (
+            StudentBiases(layers, bias_layers, len(self.student_names)) if bias_layers is not None else None
+        )
+        self.adapter_type = "bias" if bias_layers is not None else "lora"
+        self.shared_layers = bias_layers[0] if bias_layers is not None else _shared_trunk_depth(peft_model)
         if self.shared_layers is not None:
-            for layer in list(_encoder_layers(peft_model.get_base_model()))[self.shared_layers :]:
-                layer.register_forward_pre_hook(self._expand_for_students, with_kwargs=True)
+            for index, layer in enumerate(list(_encoder_layers(peft_model.get_base_model()))[self.shared_layers :]):
+                layer.register_forward_pre_hook(
+                    functools.partial(self._enter_student_layer, first=index == 0), with_kwargs=True
+                )
 
     @classmethod
     def from_pretrained(
@@ -207,9 +230,10 @@ class StudentCohort(nn.Module):
         student_layers: int | Sequence[int] | None = None,
         adapter_layers: int | Sequence[int] | None = None,
         lora_config: LoraConfig | None = None,
+        adapter_type: str = "lora",
         seed: int = 0,
     ) -> "StudentCohort":
-        """Load the base, cut it, and add `num_students` LoRA students that start different.
+        """Load the base, cut it, and add `num_students` students (LoRA, or bias-only) that start different.
 
         PEFT's default LoRA init is a no-op (B = 0) and `modules_to_save` copies one head, so K fresh students would
         be identical, the mutual loss exactly 0, and, with identical inputs, their gradients identical forever. Each
@@ -225,16 +249,23 @@ class StudentCohort(nn.Module):
                 students. Defaults to every layer.
             lora_config (`LoraConfig`, *optional*): adapter settings shared by all students; defaults to
                 `LoraConfig(r=8, lora_alpha=16)` on PEFT's default target modules for the architecture.
+            adapter_type (`str`, *optional*, defaults to `"lora"`): `"lora"`, or `"bias"` for bias-only students
+                (BitFit): each trains an offset to every bias of the adapted layers, plus its head
+                ([`StudentBiases`]); `lora_config` is then not used.
             seed (`int`, *optional*, defaults to `0`): student k is initialised from seed `seed + k`.
         """
         if num_students < 1:
             raise ValueError(f"num_students must be at least 1, got {num_students}")
+        if adapter_type not in ADAPTER_TYPES:
+            raise ValueError(f"adapter_type must be one of {list(ADAPTER_TYPES)}, got {adapter_type!r}")
+        if adapter_type == "bias":  # PEFT keeps the per-student heads; the config targets no module
+            lora_config = LoraConfig(target_modules=DUMMY_TARGET_MODULES)
         lora_config = copy.deepcopy(lora_config) if lora_config is not None else LoraConfig(r=8, lora_alpha=16)
         check_adapter_config(lora_config)
         lora_config.task_type = TaskType.SEQ_CLS
         base, kept = load_base(model_name_or_path, id2label=id2label, student_layers=student_layers)
         adapted = select_adapter_layers(len(kept), parse_student_layers(adapter_layers, "adapter_layers"))
-        if len(adapted) < len(kept):
+        if len(adapted) < len(kept) and adapter_type == "lora":
             if lora_config.layers_to_transform is not None:
                 raise ValueError("Give either adapter_layers or LoraConfig.layers_to_transform, not both.")
             lora_config.layers_to_transform = adapted
@@ -251,13 +282,35 @@ class StudentCohort(nn.Module):
                     peft_model.add_adapter(name, lora_config)
                 _reset_head(peft_model, name, std=getattr(base.config, "initializer_range", 0.02))
         peft_model.set_requires_grad(names, True)
-        return cls(peft_model, base_model_name_or_path=str(model_name_or_path), student_layers=kept)
+        return cls(
+            peft_model,
+            base_model_name_or_path=str(model_name_or_path),
+            student_layers=kept,
+            bias_layers=adapted if adapter_type == "bias" else None,
+        )
 
     # ---- properties ----
 
     @property
     def num_students(self) -> int:
         return len(self.student_names)
+
+    def attach_teacher(self, teacher: PreTrainedModel) -> None:
+        """Make `teacher` an online teacher (PS-Net) that trains with the students: a sequence classifier on the same
+        labels, in the same order, reading the same token ids. It becomes part of the trainable state (checkpoints
+        hold it); export ignores it."""
+        teacher_labels = [teacher.config.id2label[i] for i in range(teacher.config.num_labels)]
+        labels = [self.config.id2label[i] for i in range(self.config.num_labels)]
+        if teacher_labels != labels:
+            raise ValueError(f"The online teacher predicts {teacher_labels}, but the students predict {labels}.")
+        if getattr(teacher.config, "vocab_size", None) != getattr(self.config, "vocab_size", None):
+            raise ValueError(
+                f"The online teacher's vocabulary ({teacher.config.vocab_size} tokens) is not the students' "
+                f"({self.config.vocab_size}): an online teacher reads the students' token ids, so it needs their "
+                "tokenizer. Use an offline teacher (the `teacher_logits` column) for another tokenizer."
+            )
+        teacher.requires_grad_(True)
+        self.teacher = teacher
 
     @property
     def config(self):
@@ -271,43 +324,83 @@ class StudentCohort(nn.Module):
             kwargs["adapter_names"] = self._routing
         return args, kwargs
 
-    def _expand_for_students(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        """Pre-hook of each adapted layer: repeat the B-row inputs (the trunk's hidden states at the first adapted
-        layer; the attention mask the model built once for B rows, at every adapted layer) K times, student-major."""
-        if self._trunk_rows is None:
+    def _enter_student_layer(self, module: nn.Module, args: tuple, kwargs: dict, *, first: bool) -> tuple[tuple, dict]:
+        """Pre-hook of each adapted layer. Repeats the B-row inputs (the trunk's hidden states at the first adapted
+        layer; the attention mask the model built once for B rows, at every adapted layer) K times, student-major;
+        then applies the views: each student's cut tokens leave the attention mask, and its adversarial
+        perturbation is added to the hidden states entering its first layer."""
+        if self._trunk_rows is None and self._views is None:
             return args, kwargs
-        rows, copies = self._trunk_rows, self.num_students
+        if self._trunk_rows is not None:
+            rows, copies = self._trunk_rows, self.num_students
 
-        def expand(value):
-            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == rows:
-                return _repeat_rows(value, copies)
-            if isinstance(value, tuple) and any(isinstance(item, torch.Tensor) for item in value):
-                return tuple(expand(item) for item in value)  # e.g. rotary (cos, sin)
-            return value
+            def expand(value):
+                if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == rows:
+                    return _repeat_rows(value, copies)
+                if isinstance(value, tuple) and any(isinstance(item, torch.Tensor) for item in value):
+                    return tuple(expand(item) for item in value)  # e.g. rotary (cos, sin)
+                return value
 
-        return tuple(expand(arg) for arg in args), {key: expand(value) for key, value in kwargs.items()}
+            args, kwargs = tuple(expand(arg) for arg in args), {key: expand(value) for key, value in kwargs.items()}
+        views = self._views
+        if views is None:
+            return args, kwargs
+        args = list(args)
+        hidden = args[0] if args else kwargs["hidden_states"]
+        if first and views.perturbation is not None:
+            hidden = hidden + views.perturbation.reshape(hidden.shape).to(hidden.dtype)
+            if args:
+                args[0] = hidden
+            else:
+                kwargs["hidden_states"] = hidden
+        if views.key_mask is not None:
+            keep = views.key_mask.reshape(hidden.shape[0], -1)
+            if len(args) > 1:
+                args[1] = _mask_keys(args[1], keep, hidden.dtype)
+            else:
+                kwargs["attention_mask"] = _mask_keys(kwargs.get("attention_mask"), keep, hidden.dtype)
+        return tuple(args), kwargs
 
     def release_routing(self) -> None:
         """Forget the routing of the last forward; call after `backward()` (the trainer does)."""
         self._routing = None
         self._trunk_rows = None
+        self._views = None
+        if self.student_biases is not None:
+            self.student_biases.rows = None
 
     def forward(
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
+        views: StudentViews | None = None,
     ) -> torch.Tensor:
         """Logits of every student, `[batch, K, classes]`, from one forward: the shared trunk on the batch, the adapted
-        layers and heads on a K× batch."""
+        layers and heads on a K× batch. `views` (see [`nanonet_hf.views`]) gives each student its own view of the
+        batch."""
         batch, num_students = input_ids.shape[0], self.num_students
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
-        if self.shared_layers is None:  # adapters below the encoder layers (e.g. on embeddings): repeat the inputs
+        if views is not None and self.shared_layers is None:
+            raise ValueError("Data views need the students' adapters in the encoder layers (not on the embeddings).")
+        if views is not None and views.position_ids is not None:
+            if self.shared_layers != 0:
+                raise ValueError(
+                    "The shuffle view moves tokens at the embeddings, so the students cannot share a trunk: use it "
+                    "with adapters on every layer (adapter_layers unset), or choose other views."
+                )
+            # the embeddings run per student (cheap); the encoder layers then see K× rows already
+            inputs = {key: None if value is None else _repeat_rows(value, num_students) for key, value in inputs.items()}
+            inputs["position_ids"] = views.position_ids.reshape(num_students * batch, -1)
+        elif self.shared_layers is None:  # adapters below the encoder layers (e.g. on embeddings): repeat the inputs
             inputs = {key: None if value is None else _repeat_rows(value, num_students) for key, value in inputs.items()}
         else:
             self._trunk_rows = batch
+        self._views = views
         # student-major: rows k*B … (k+1)*B−1 go through student k. Kept after the forward for checkpoint recompute.
         self._routing = [name for name in self.student_names for _ in range(batch)]
+        if self.student_biases is not None:
+            self.student_biases.rows = "blocks"
         try:
             logits = self.peft_model(**inputs).logits
         finally:
@@ -321,12 +414,25 @@ class StudentCohort(nn.Module):
         self.release_routing()
         previous = self.peft_model.active_adapter
         self.peft_model.base_model.set_adapter(name)
+        if self.student_biases is not None:
+            self.student_biases.rows = self.student_names.index(name)
         try:
             yield self.peft_model
         finally:
+            if self.student_biases is not None:
+                self.student_biases.rows = None
             self.peft_model.base_model.set_adapter(previous)
             # set_adapter freezes the other adapters; every student stays trainable
             self.peft_model.set_requires_grad(self.student_names, True)
+
+    def student_heads(self, name: str) -> dict[str, nn.Module]:
+        """Student `name`'s copy of each head (PEFT `modules_to_save`), by the head's path in the base model."""
+        base = self.peft_model.get_base_model()
+        return {
+            path: module.modules_to_save[name]
+            for path, module in base.named_modules()
+            if isinstance(module, AuxiliaryTrainingWrapper) and name in getattr(module, "modules_to_save", {})
+        }
 
     # ---- activation (gradient) checkpointing, called by Trainer when `activation_checkpointing=True` ----
 
@@ -365,13 +471,28 @@ class StudentCohort(nn.Module):
         self.load_state_dict(state_dict, strict=False)
 
     def num_trainable_parameters(self, per_student: bool = False) -> int:
-        total = sum(param.numel() for param in self.parameters() if param.requires_grad)
+        """Trainable parameters of the students (an online teacher's are not counted)."""
+        students = [self.peft_model] + ([self.student_biases] if self.student_biases is not None else [])
+        total = sum(param.numel() for module in students for param in module.parameters() if param.requires_grad)
         return total // self.num_students if per_student else total
 
 
 def _repeat_rows(tensor: torch.Tensor, copies: int) -> torch.Tensor:
     """`[B, ...]` → `[copies·B, ...]`, student-major: block k is a copy of the whole batch for student k."""
     return tensor.repeat(copies, *([1] * (tensor.dim() - 1)))
+
+
+def _mask_keys(mask: torch.Tensor | None, keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The attention mask a layer receives (`None`, a 2D padding mask, or a 4D boolean or additive float mask), with
+    the keys where `keep` `[N, L]` is False masked out for every query."""
+    if mask is not None and mask.dim() == 2:  # flash attention's padding mask
+        return mask * keep.to(mask.dtype)
+    keep = keep[:, None, None, :]
+    if mask is None:
+        return torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill(~keep, torch.finfo(dtype).min)
+    if mask.dtype == torch.bool:
+        return mask & keep
+    return mask.masked_fill(~keep, torch.finfo(mask.dtype).min)
 
 
 def _shared_trunk_depth(peft_model: PeftModel) -> int | None:

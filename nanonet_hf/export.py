@@ -8,6 +8,9 @@
 - `student_adapter/`: the adapter and head alone, for `AutoPeftModelForSequenceClassification`. Its
   `base_model_name_or_path` points at `student_base/`.
 - `student_base/`: the frozen (cut) base with the label space in its config, the base the adapter applies to.
+
+Bias-only students have no PEFT adapter: their export is `student/` alone (the base with the student's bias offsets
+added and its head).
 """
 
 import json
@@ -18,7 +21,7 @@ from dataclasses import dataclass
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
-from .cohort import StudentCohort, load_base, student_name
+from .cohort import StudentCohort, _encoder_layers, load_base, student_name
 from .files import atomic_directory, replace_directory
 
 
@@ -26,8 +29,8 @@ from .files import atomic_directory, replace_directory
 class ExportedStudent:
     student: str
     student_dir: str
-    adapter_dir: str
-    base_dir: str
+    adapter_dir: str | None  # None for bias-only students
+    base_dir: str | None
 
 
 def export_student(
@@ -50,6 +53,8 @@ def export_student(
         base_dir=os.path.join(output_dir, "student_base"),
     )
     id2label = {int(index): label for index, label in cohort.config.id2label.items()}
+    if cohort.student_biases is not None:
+        return _export_bias_student(cohort, name, output_dir, tokenizer, id2label)
 
     with atomic_directory(os.path.join(output_dir, ".export")) as tmp:
         base_dir, adapter_dir, student_dir = (os.path.join(tmp, part) for part in ("base", "adapter", "student"))
@@ -87,3 +92,22 @@ def export_student(
         replace_directory(os.path.join(staged, part), target)
     shutil.rmtree(staged, ignore_errors=True)
     return final
+
+
+def _export_bias_student(
+    cohort: StudentCohort, name: str, output_dir: str, tokenizer: PreTrainedTokenizerBase, id2label: dict[int, str]
+) -> ExportedStudent:
+    """A bias-only student: a fresh copy of the (cut) base, the student's offsets added to its biases, its head."""
+    student_dir = os.path.join(output_dir, "student")
+    merged, _ = load_base(cohort.base_model_name_or_path, id2label=id2label, student_layers=cohort.student_layers)
+    cohort.student_biases.merge_into(_encoder_layers(merged), cohort.student_names.index(name))
+    heads = cohort.student_heads(name)
+    for path, head in heads.items():
+        merged.get_submodule(path).load_state_dict(head.state_dict())
+    merged.config.architectures = [type(merged).__name__]
+    with atomic_directory(student_dir) as tmp:
+        merged.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    for stale in ("student_adapter", "student_base"):  # from an earlier LoRA export to the same folder
+        shutil.rmtree(os.path.join(output_dir, stale), ignore_errors=True)
+    return ExportedStudent(student=name, student_dir=student_dir, adapter_dir=None, base_dir=None)

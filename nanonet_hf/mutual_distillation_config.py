@@ -6,9 +6,8 @@ from peft import LoraConfig
 from transformers import TrainingArguments
 from transformers.utils import is_torch_npu_available, is_torch_xpu_available
 
-from .cohort import parse_student_layers
-
-SUPPORTED_ADAPTERS = ("lora",)
+from .cohort import ADAPTER_TYPES, parse_student_layers
+from .views import parse_views
 
 
 @dataclass
@@ -23,10 +22,11 @@ class MutualDistillationConfig(TrainingArguments):
     > Parameters that control the cohort
 
     num_students (`int`, *optional*, defaults to `4`):
-        Number of students K. Each is a LoRA adapter with its own classification head.
+        Number of students K. Each is an adapter (LoRA, or bias offsets) with its own classification head.
     adapter_type (`str`, *optional*, defaults to `"lora"`):
-        Adapter of each student. Only LoRA can run a mixed adapter batch (PEFT's IA3, LoHa and others would run one
-        adapter for every row), so other values are refused.
+        `"lora"`, or `"bias"`: bias-only students (BitFit, as NanoNet trains them), each an offset to every bias of the
+        adapted layers plus its head ([`nanonet_hf.bias_students.StudentBiases`]). PEFT's IA3, LoHa and others would
+        run one adapter for every row of a mixed batch, so they are refused.
     lora_r (`int`, *optional*, defaults to `8`):
         LoRA rank.
     lora_alpha (`int`, *optional*, defaults to `16`):
@@ -41,6 +41,18 @@ class MutualDistillationConfig(TrainingArguments):
         Layers of the (cut) base that get LoRA: a count (`"2"`: the top two) or indices (`"1,2"`). The layers below the
         first adapted one are a frozen trunk that runs once per batch for all students, which is where the cohort
         saves compute over training the students one by one. Defaults to all layers (no shared trunk).
+
+    > Parameters that control the data views (training only; see [`nanonet_hf.views`])
+
+    student_views (`str`, *optional*):
+        One view per student, a comma-separated list cycled over the students: `dropout` (the batch as is), `cutoff`
+        (drop tokens from the attention), `shuffle` (permute token positions; needs adapters on every layer),
+        `adversarial` (a one-step adversarial perturbation of the student's input hidden states; one extra forward
+        and backward per step). Defaults to `dropout` for every student.
+    cutoff_rate (`float`, *optional*, defaults to `0.2`):
+        Share of each row's content tokens a `cutoff` student does not see.
+    adversarial_epsilon (`float`, *optional*, defaults to `1.0`):
+        L2 norm, per token, of the `adversarial` perturbation.
 
     > Parameters that control the losses
 
@@ -59,6 +71,16 @@ class MutualDistillationConfig(TrainingArguments):
         it only above per-class thresholds (LLKD; see [`nanonet_hf.losses.confidence_need_weights`]).
     threshold_momentum (`float`, *optional*, defaults to `0.9`):
         EMA momentum of those per-class thresholds ([`nanonet_hf.weighting.AdaptiveThresholds`]).
+
+    > Parameters that control the online teacher (PS-Net)
+
+    online_teacher (`bool`, *optional*, defaults to `False`):
+        The teacher ([`MutualDistillationTrainer`]'s `teacher_model`, which must share the students' tokenizer) keeps
+        learning from the labels during cohort training, and its live logits replace the `teacher_logits` column.
+    online_teacher_learning_rate (`float`, *optional*, defaults to `5e-5`):
+        Learning rate of the online teacher (a full fine-tune wants a lower one than the adapters).
+    lambda_teacher_mutual (`float`, *optional*, defaults to `0.0`):
+        Weight of the online teacher's distillation from the students' mean logits on unlabeled rows.
 
     > Parameters that control the data
 
@@ -83,7 +105,8 @@ class MutualDistillationConfig(TrainingArguments):
         default=4, metadata={"help": "Number of students K (each a LoRA adapter with its own head)."}
     )
     adapter_type: str = field(
-        default="lora", metadata={"help": "Adapter of each student; only 'lora' can run a mixed adapter batch."}
+        default="lora",
+        metadata={"help": "Adapter of each student: 'lora', or 'bias' (bias-only students, BitFit).", "choices": ["lora", "bias"]},
     )
     lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha (scale = alpha / r)."})
@@ -101,6 +124,19 @@ class MutualDistillationConfig(TrainingArguments):
             "help": "Layers that get LoRA: a count ('2': the top two) or indices ('1,2'); the layers below run once "
             "for all students. Default: all."
         },
+    )
+
+    # ---- views ----
+    student_views: str | None = field(
+        default=None,
+        metadata={
+            "help": "One view per student, cycled: comma-separated from dropout, cutoff, shuffle, adversarial. "
+            "Default: dropout for all."
+        },
+    )
+    cutoff_rate: float = field(default=0.2, metadata={"help": "Share of content tokens a cutoff student does not see."})
+    adversarial_epsilon: float = field(
+        default=1.0, metadata={"help": "L2 norm per token of the adversarial view's perturbation."}
     )
 
     # ---- losses ----
@@ -123,6 +159,15 @@ class MutualDistillationConfig(TrainingArguments):
     )
     threshold_momentum: float = field(
         default=0.9, metadata={"help": "EMA momentum of the per-class thresholds of kd_weighting='confidence_need'."}
+    )
+
+    # ---- online teacher ----
+    online_teacher: bool = field(
+        default=False, metadata={"help": "Keep training the teacher on the labels during cohort training (PS-Net)."}
+    )
+    online_teacher_learning_rate: float = field(default=5e-5, metadata={"help": "Learning rate of the online teacher."})
+    lambda_teacher_mutual: float = field(
+        default=0.0, metadata={"help": "Weight of the online teacher's distillation from the students' mean logits."}
     )
 
     # ---- data ----
@@ -155,17 +200,24 @@ class MutualDistillationConfig(TrainingArguments):
         super().__post_init__()
         if self.num_students < 1:
             raise ValueError(f"num_students must be at least 1, got {self.num_students}")
-        if self.adapter_type not in SUPPORTED_ADAPTERS:
+        if self.adapter_type not in ADAPTER_TYPES:
             raise ValueError(
-                f"adapter_type={self.adapter_type!r} cannot train a cohort in one forward: only LoRA honours PEFT's "
-                f"per-row `adapter_names` (IA3, LoHa and others silently run one adapter for every row). Supported: "
-                f"{list(SUPPORTED_ADAPTERS)}."
+                f"adapter_type={self.adapter_type!r} cannot train a cohort in one forward. Supported: "
+                f"{list(ADAPTER_TYPES)} (PEFT's IA3, LoHa and others silently run one adapter for every row of a mixed "
+                "batch)."
             )
+        parse_views(self.student_views, self.num_students)
+        if not 0 <= self.cutoff_rate < 1:
+            raise ValueError(f"cutoff_rate must be in [0, 1), got {self.cutoff_rate}")
+        if self.adversarial_epsilon <= 0:
+            raise ValueError(f"adversarial_epsilon must be > 0, got {self.adversarial_epsilon}")
+        if self.online_teacher_learning_rate <= 0:
+            raise ValueError(f"online_teacher_learning_rate must be > 0, got {self.online_teacher_learning_rate}")
         if self.mutual_loss not in ("kl", "mse"):
             raise ValueError(f"mutual_loss must be 'kl' or 'mse', got {self.mutual_loss!r}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        for name in ("lambda_kd", "lambda_mut", "unlabeled_ratio", "lora_dropout"):
+        for name in ("lambda_kd", "lambda_mut", "lambda_teacher_mutual", "unlabeled_ratio", "lora_dropout"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.kd_weighting not in ("none", "confidence_need"):

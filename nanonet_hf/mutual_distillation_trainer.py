@@ -8,7 +8,15 @@ import safetensors.torch
 import torch
 from datasets import Dataset
 from torch import nn
-from transformers import AutoTokenizer, EvalPrediction, PreTrainedTokenizerBase, Trainer, TrainerCallback
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    EvalPrediction,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    Trainer,
+    TrainerCallback,
+)
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import SAFE_WEIGHTS_NAME
@@ -26,6 +34,7 @@ from .losses import (
 )
 from .metrics import cohort_metrics
 from .mutual_distillation_config import MutualDistillationConfig
+from .views import StudentViews, adversarial_step, make_student_views, parse_views
 from .weighting import AdaptiveThresholds
 
 logger = logging.getLogger(__name__)
@@ -39,7 +48,10 @@ class MutualDistillationTrainer(Trainer):
         L^k = CE(z_k(x_l), y) + λ_kd · KD(t(x_u) ‖ z_k(x_u)) + λ_mut · r(t) · 1/(K−1) Σ_{j≠k} D(z_k, stopgrad z_j)
 
     and the step minimises Σ_k L^k. Teacher logits `t` come precomputed in a `teacher_logits` column (see
-    [`nanonet_hf.teacher.add_teacher_logits`]); without that column the KD term is off.
+    [`nanonet_hf.teacher.add_teacher_logits`]); without that column the KD term is off. With `args.online_teacher`,
+    `teacher_model` trains along (cross-entropy on the labeled rows, optionally distillation from the students) and
+    its live logits are `t`. With `args.student_views`, student k sees its own view of the batch
+    ([`nanonet_hf.views`]) in training.
 
     Args:
         model ([`StudentCohort`] or `str`):
@@ -56,6 +68,9 @@ class MutualDistillationTrainer(Trainer):
             Tokenizer; loaded from `model` when that is a path.
         data_collator, compute_metrics, callbacks, optimizers:
             As in [`~transformers.Trainer`]; defaults are [`CohortCollator`] and [`cohort_metrics`].
+        teacher_model ([`~transformers.PreTrainedModel`] or `str`, *optional*):
+            The online teacher (`args.online_teacher`): a sequence classifier with the cohort's labels and tokenizer,
+            e.g. the full-depth base fine-tuned on the labels (`nanonet_hf.train_teacher`).
     """
 
     _tag_names = ["nanonet", "mutual-distillation", "peft"]
@@ -75,6 +90,7 @@ class MutualDistillationTrainer(Trainer):
         compute_metrics: Callable[[EvalPrediction], dict] | None = None,
         callbacks: list[TrainerCallback] | None = None,
         optimizers: tuple = (None, None),
+        teacher_model: PreTrainedModel | str | None = None,
     ):
         # ---- args ----
         if args is None:
@@ -93,10 +109,23 @@ class MutualDistillationTrainer(Trainer):
                 student_layers=args.student_layers,
                 adapter_layers=args.adapter_layers,
                 lora_config=args.lora_config(),
+                adapter_type=args.adapter_type,
                 seed=args.seed,
             )
         if not isinstance(model, StudentCohort):
             raise TypeError(f"model must be a StudentCohort or a model path, got {type(model).__name__}")
+
+        # ---- views and online teacher ----
+        self.student_views = parse_views(args.student_views, model.num_students)
+        if args.online_teacher:
+            if teacher_model is None:
+                raise ValueError("online_teacher=True needs a teacher_model (a classifier with the cohort's labels).")
+            if isinstance(teacher_model, (str, os.PathLike)):
+                teacher_model = AutoModelForSequenceClassification.from_pretrained(teacher_model, use_safetensors=True)
+            model.attach_teacher(teacher_model)
+        elif teacher_model is not None:
+            raise ValueError("teacher_model is only used with online_teacher=True; an offline teacher's logits go in "
+                             "the `teacher_logits` column (nanonet_hf.add_teacher_logits).")
 
         # ---- data ----
         if data_collator is None:
@@ -158,7 +187,19 @@ class MutualDistillationTrainer(Trainer):
         args = self.args
         labels = inputs["labels"]  # [B]
         teacher_logits = inputs.get("teacher_logits")  # [B, C] or None
-        logits = model(**{key: inputs[key] for key in MODEL_INPUT_NAMES if key in inputs})  # [B, K, C]
+        model_inputs = {key: inputs[key] for key in MODEL_INPUT_NAMES if key in inputs}
+        cohort = self.accelerator.unwrap_model(model)
+        teacher_loss = None
+        if cohort.teacher is not None:  # online teacher: learns from the labels now, its live logits are the target
+            live = cohort.teacher(**model_inputs).logits  # [B, C]
+            teacher_loss = supervised_loss(live[:, None], labels)[0]
+            teacher_logits = live.detach()
+        views = self._views(cohort, model_inputs, labels, teacher_logits) if model.training else None
+        logits = model(**model_inputs, views=views) if views is not None else model(**model_inputs)  # [B, K, C]
+        if teacher_loss is not None and args.lambda_teacher_mutual > 0:
+            unlabeled = (labels == IGNORE_INDEX).float()
+            from_students = distillation_loss(live[:, None], logits.detach().mean(dim=1), temperature=args.temperature, weights=unlabeled)[0]
+            teacher_loss = teacher_loss + args.lambda_teacher_mutual * from_students
 
         sup = supervised_loss(logits, labels)  # [K]
         if teacher_logits is not None and args.lambda_kd > 0:
@@ -172,6 +213,9 @@ class MutualDistillationTrainer(Trainer):
         per_student = sup + args.lambda_kd * kd + args.lambda_mut * ramp * mut  # [K]
         loss = per_student.sum()
         mode = "train" if model.training else "eval"
+        if teacher_loss is not None:
+            loss = loss + teacher_loss
+            self._metrics[mode]["loss_teacher"].append(self.accelerator.gather(teacher_loss.detach()[None]).mean().item())
 
         terms = torch.stack([sup, kd, mut, per_student]).detach()  # [4, K]
         # one row per process: `gather`, not `gather_for_metrics`, whose end-of-data trimming counts samples
@@ -187,6 +231,59 @@ class MutualDistillationTrainer(Trainer):
         if mode == "train":
             metrics["mutual_weight"].append(args.lambda_mut * ramp)
         return (loss, logits) if return_outputs else loss
+
+    def _views(
+        self, cohort: StudentCohort, model_inputs: dict, labels: torch.Tensor, teacher_logits: torch.Tensor | None
+    ) -> StudentViews | None:
+        """Each student's view of this training batch, or `None` when every student sees it as is.
+
+        The adversarial view's step is the normalised gradient, w.r.t. a small random perturbation of its students'
+        input hidden states, of those students' own supervised + distillation loss: one extra forward of the cohort
+        (unwrapped: no DDP gradient sync) and a backward to the perturbation only (no parameter gets a gradient)."""
+        if all(view == "dropout" for view in self.student_views):
+            return None
+        views = make_student_views(self.student_views, model_inputs["attention_mask"], cutoff_rate=self.args.cutoff_rate)
+        if "adversarial" not in self.student_views:
+            return views
+        batch, length = model_inputs["input_ids"].shape
+        chosen = torch.tensor([view == "adversarial" for view in self.student_views], device=labels.device)
+        shape = (cohort.num_students, batch, length, cohort.config.hidden_size)
+        noise = adversarial_step(torch.randn(shape, device=labels.device), 1e-3) * chosen[:, None, None, None]
+        noise.requires_grad_(True)
+        views.perturbation = noise
+        try:
+            logits = cohort(**model_inputs, views=views)
+            loss = supervised_loss(logits, labels)
+            if teacher_logits is not None:
+                loss = loss + distillation_loss(
+                    logits, teacher_logits, temperature=self.args.temperature, weights=labels == IGNORE_INDEX
+                )
+            loss = loss[chosen].sum()
+            gradient = torch.autograd.grad(loss, noise, allow_unused=True)[0] if loss.requires_grad else None
+        finally:
+            cohort.release_routing()
+        views.perturbation = (
+            adversarial_step(gradient.detach(), self.args.adversarial_epsilon) * chosen[:, None, None, None]
+            if gradient is not None
+            else None
+        )
+        return views
+
+    def create_optimizer(self, model=None):
+        """Trainer's optimizer, with the online teacher's weights in groups of their own at
+        `args.online_teacher_learning_rate`."""
+        optimizer = super().create_optimizer(model)
+        teacher = self.accelerator.unwrap_model(self.model).teacher
+        if teacher is not None:
+            owned = {id(param) for param in teacher.parameters()}
+            for group in list(optimizer.param_groups):
+                moved = [param for param in group["params"] if id(param) in owned]
+                if moved:
+                    group["params"] = [param for param in group["params"] if id(param) not in owned]
+                    settings = {key: value for key, value in group.items() if key != "params"}
+                    optimizer.add_param_group({**settings, "params": moved, "lr": self.args.online_teacher_learning_rate})
+            optimizer.param_groups[:] = [group for group in optimizer.param_groups if group["params"]]
+        return optimizer
 
     def _confidence_need(self, logits: torch.Tensor, teacher_logits: torch.Tensor, unlabeled: torch.Tensor) -> torch.Tensor:
         """LLKD weights `[B, K]` under the current thresholds; in training, log the rows kept per class and move the

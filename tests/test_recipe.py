@@ -73,7 +73,7 @@ def test_recipe_end_to_end_on_the_real_model_and_trec6(tmp_path):
     assert "| teacher" in result.stdout and "| ensemble of students" in result.stdout
 
     results = json.loads((out / "results.json").read_text())
-    assert results["label_budget"] == {"labels_per_class": 4, "labeled": 24, "unlabeled": 96, "test": 500}
+    assert results["label_budget"] == {"labels_per_class": 4, "labeled": 24, "unlabeled": 96, "generated": 0, "test": 500}
     assert len(results["students"]) == 2 and results["chosen_student"] in (0, 1)
     for entry in [results["teacher"], results["ensemble"], results["supervised_only"], *results["students"]]:
         assert 0 <= entry["accuracy"] <= 1 and 0 <= entry["macro_f1"] <= 1
@@ -102,3 +102,41 @@ def test_recipe_end_to_end_on_the_real_model_and_trec6(tmp_path):
     assert card.data.eval_results[0].metric_value == round(results["students"][results["chosen_student"]]["accuracy"], 4)
     assert results["learning_curve"]["step"] == [3, 6] and (out / "student" / "learning_curve.png").is_file()
     assert results["examples"][0] in card.text  # a TREC question in the how-to-load snippet
+
+
+def test_recipe_with_bias_students_views_an_online_teacher_and_generated_text(tiny_model_dir, tiny_lm, tmp_path, monkeypatch):
+    """The quality options end to end on the tiny model: the export is the chosen bias-only student, the card says so,
+    and the online teacher is saved and is what the results report."""
+    from transformers import AutoModelForSequenceClassification
+
+    from .conftest import LABELS, make_texts
+
+    texts, labels = make_texts(12, seed=1)
+    pool = write_jsonl(tmp_path / "pool.jsonl", [{"text": t, "label": LABELS[y]} for t, y in zip(texts, labels)])
+    texts, labels = make_texts(5, seed=2)
+    test = write_jsonl(tmp_path / "test.jsonl", [{"text": t, "label": LABELS[y]} for t, y in zip(texts, labels)])
+    out = tmp_path / "run"
+    argv = [
+        "--model_name_or_path", tiny_model_dir, "--labeled_file", pool, "--eval_file", test, "--labels_per_class", "4",
+        "--num_students", "3", "--adapter_type", "bias", "--student_views", "cutoff,shuffle,adversarial",
+        "--online_teacher", "--lambda_teacher_mutual", "0.5", "--max_steps", "3", "--per_device_train_batch_size", "8",
+        "--teacher_epochs", "1", "--learning_rate", "0.01", "--max_length", "16", "--report_to", "none",
+        "--output_dir", str(out), "--generate_unlabeled", "3", "--generator_model", tiny_lm,
+    ]  # fmt: skip
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr("datasets.config.HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    results = recipe.main(*recipe.parse_args(argv))
+    assert results["cohort"]["adapter"] == "bias" and results["training"]["online_teacher"] is True
+    budget = results["label_budget"]
+    assert 1 <= budget["generated"] <= 3 and budget["unlabeled"] == 12 * 3 - 12 + budget["generated"]
+    assert {"online_teacher", "results.json", "student", "teacher"} <= set(os.listdir(out))
+    assert not {"student_adapter", "student_base"} & set(os.listdir(out))  # bias-only: the merged student alone
+    model = AutoModelForSequenceClassification.from_pretrained(out / "student")
+    assert sorted(model.config.id2label.values()) == sorted(LABELS)
+    card = (out / "student" / "README.md").read_text()
+    assert "bias offsets" in card and "cutoff,shuffle,adversarial" in card and "online" in card
+    online = AutoModelForSequenceClassification.from_pretrained(out / "online_teacher")
+    warm_up = AutoModelForSequenceClassification.from_pretrained(out / "teacher")
+    assert not all(
+        (a == b).all() for a, b in zip(online.state_dict().values(), warm_up.state_dict().values())
+    ), "the online teacher did not train"
