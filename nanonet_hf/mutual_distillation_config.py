@@ -229,6 +229,18 @@ class MutualDistillationConfig(TrainingArguments):
         parse_student_layers(self.student_layers)  # a malformed value fails here, before any work
         parse_student_layers(self.adapter_layers, "adapter_layers")
 
+    def cohort_kwargs(self) -> dict:
+        """The keyword arguments of [`StudentCohort.from_pretrained`] that this config sets (all but the base path
+        and `id2label`)."""
+        return {
+            "num_students": self.num_students,
+            "student_layers": self.student_layers,
+            "adapter_layers": self.adapter_layers,
+            "lora_config": self.lora_config(),
+            "adapter_type": self.adapter_type,
+            "seed": self.seed,
+        }
+
     def lora_config(self) -> LoraConfig:
         """The adapter settings every student shares."""
         return LoraConfig(

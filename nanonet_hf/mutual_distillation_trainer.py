@@ -103,14 +103,7 @@ class MutualDistillationTrainer(Trainer):
             if processing_class is None:
                 processing_class = AutoTokenizer.from_pretrained(model)
             model = StudentCohort.from_pretrained(
-                model,
-                id2label=_id2label_from(train_dataset, eval_dataset),
-                num_students=args.num_students,
-                student_layers=args.student_layers,
-                adapter_layers=args.adapter_layers,
-                lora_config=args.lora_config(),
-                adapter_type=args.adapter_type,
-                seed=args.seed,
+                model, id2label=_id2label_from(train_dataset, eval_dataset), **args.cohort_kwargs()
             )
         if not isinstance(model, StudentCohort):
             raise TypeError(f"model must be a StudentCohort or a model path, got {type(model).__name__}")

@@ -239,16 +239,8 @@ def main(script_args: ScriptArguments, training_args: MutualDistillationConfig) 
     test = tokenize(data.test.rename_column("label", "labels"), tokenizer, training_args.max_length)
 
     def build_cohort(num_students: int) -> StudentCohort:
-        return StudentCohort.from_pretrained(
-            model_path,
-            id2label=data.id2label,
-            num_students=num_students,
-            student_layers=training_args.student_layers,
-            adapter_layers=training_args.adapter_layers,
-            lora_config=training_args.lora_config(),
-            adapter_type=training_args.adapter_type,
-            seed=training_args.seed,
-        )
+        settings = {**training_args.cohort_kwargs(), "num_students": num_students}
+        return StudentCohort.from_pretrained(model_path, id2label=data.id2label, **settings)
 
     t0 = time.perf_counter()
     cohort = build_cohort(training_args.num_students)

@@ -94,6 +94,15 @@ def toy_pool() -> Dataset:
     return Dataset.from_dict({"text": texts, "label": labels}, features=features)
 
 
+def write_toy_files(folder) -> tuple[str, str]:
+    """A labeled pool (12 texts per class) and a test file (5 per class) as .jsonl in `folder`, labels by name."""
+    paths = []
+    for name, count, seed in (("pool", 12, 1), ("test", 5, 2)):
+        texts, labels = make_texts(count, seed=seed)
+        paths.append(write_jsonl(folder / f"{name}.jsonl", [{"text": t, "label": LABELS[y]} for t, y in zip(texts, labels)]))
+    return paths[0], paths[1]
+
+
 def write_jsonl(path, rows: list[dict]) -> str:
     with open(path, "w") as handle:
         for row in rows:
@@ -124,10 +133,7 @@ def tiny_run(tiny_model_dir, tmp_path_factory) -> str:
     recipe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(recipe)
     folder = tmp_path_factory.mktemp("run")
-    texts, labels = make_texts(12, seed=1)
-    pool = write_jsonl(folder / "pool.jsonl", [{"text": t, "label": LABELS[y]} for t, y in zip(texts, labels)])
-    texts, labels = make_texts(5, seed=2)
-    test = write_jsonl(folder / "test.jsonl", [{"text": t, "label": LABELS[y]} for t, y in zip(texts, labels)])
+    pool, test = write_toy_files(folder)
     run = folder / "out"
     argv = [
         "--model_name_or_path", tiny_model_dir, "--labeled_file", pool, "--eval_file", test, "--labels_per_class", "4",

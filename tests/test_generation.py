@@ -3,6 +3,7 @@
 import os
 
 import pytest
+
 from nanonet_hf.generation import clean_generation, generate_unlabeled, normalize
 
 

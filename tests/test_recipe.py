@@ -109,12 +109,9 @@ def test_recipe_with_bias_students_views_an_online_teacher_and_generated_text(ti
     and the online teacher is saved and is what the results report."""
     from transformers import AutoModelForSequenceClassification
 
-    from .conftest import LABELS, make_texts
+    from .conftest import LABELS, write_toy_files
 
-    texts, labels = make_texts(12, seed=1)
-    pool = write_jsonl(tmp_path / "pool.jsonl", [{"text": t, "label": LABELS[y]} for t, y in zip(texts, labels)])
-    texts, labels = make_texts(5, seed=2)
-    test = write_jsonl(tmp_path / "test.jsonl", [{"text": t, "label": LABELS[y]} for t, y in zip(texts, labels)])
+    pool, test = write_toy_files(tmp_path)
     out = tmp_path / "run"
     argv = [
         "--model_name_or_path", tiny_model_dir, "--labeled_file", pool, "--eval_file", test, "--labels_per_class", "4",

