@@ -9,9 +9,10 @@ method:
 - supervised-only student: one LoRA student on the labels alone, nanonet's steps and settings;
 - SetFit with the MiniLM-L6 body and with the MPNet body (`setfit`, contrastive pairs + logistic head);
 - nanonet: the student chosen without test labels (agreement with the teacher on unlabeled rows) and the ensemble;
-  with the MiniLM teacher, and with the MPNet teacher;
-- ablations of nanonet (MiniLM teacher): no mutual loss, no KD, no views, K = 1, K = 2, bias-only students,
-  with LM-generated unlabeled text (SmolLM2-135M).
+  with the SetFit MiniLM-L6 teacher (`--teacher`), and with each of `--other_teachers` (SetFit MPNet, the fine-tuned
+  MiniLM-L6);
+- ablations of nanonet (with `--teacher`): no mutual loss, no KD, no views, an adversarial view, K = 1, K = 2,
+  bias-only students, with LM-generated unlabeled text (SmolLM2-135M).
 
 Prints and writes a markdown table (mean ± std over seeds of accuracy and macro-F1, wall time), a JSON file of
 every run, and a PNG of accuracy against labels per class, one line per method.
@@ -38,7 +39,7 @@ import numpy as np
 import torch
 import yaml
 from datasets import concatenate_datasets
-from transformers import AutoTokenizer, set_seed
+from transformers import AutoTokenizer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import quiet_transformers
@@ -58,6 +59,7 @@ from nanonet_hf.data import tokenize
 from nanonet_hf.inference import predict_logits
 from nanonet_hf.metrics import agreement_choice
 from nanonet_hf.resources import resolve_model_path
+from nanonet_hf.setfit_teacher import SetFitTeacher
 from nanonet_hf.teacher import load_teacher
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -109,27 +111,10 @@ def evaluate(model, tokenizer, texts, labels, num_classes) -> dict:
     return classification_metrics(predict_logits(model, tokenizer, texts).argmax(-1), np.asarray(labels), num_classes)
 
 
-def run_setfit(body: str, data, test, seed: int, args) -> tuple[dict, str]:
-    from setfit import SetFitModel
-    from setfit import Trainer as SetFitTrainer
-    from setfit import TrainingArguments as SetFitArguments
-
-    set_seed(seed)
-    model = SetFitModel.from_pretrained(resolve_model_path(body))
-    settings = SetFitArguments(
-        batch_size=16, num_iterations=args.setfit_iterations, num_epochs=1, seed=seed, max_length=64, show_progress_bar=False
-    )
-    with tempfile.TemporaryDirectory() as scratch:
-        settings.output_dir = scratch
-        trainer = SetFitTrainer(
-            model=model,
-            args=settings,
-            train_dataset=data.labeled,
-            metric=lambda predictions, references: {"accuracy": float(np.mean(np.asarray(predictions) == np.asarray(references)))},
-        )
-        trainer.train()
-    predictions = np.asarray(model.predict(test["text"], batch_size=64))
-    return classification_metrics(predictions, np.asarray(test["label"]), len(data.label_names)), f"{args.setfit_iterations} pair iterations"
+def run_setfit(body: str, data, test, seed: int, args) -> tuple[dict, SetFitTeacher]:
+    teacher = SetFitTeacher(resolve_model_path(body), data.labeled, num_iterations=args.setfit_iterations, seed=seed)
+    predictions = teacher.logits(test["text"]).argmax(-1)
+    return classification_metrics(predictions, np.asarray(test["label"]), len(data.label_names)), teacher
 
 
 def run_nanonet(settings: dict, base_path: str, tokenizer, data, train, test, teacher_rows_logits, scratch: str) -> dict:
@@ -175,28 +160,29 @@ def run_setting(dataset: str, labels_per_class: int, seed: int, args, methods: s
 
         teachers = {}
         for name, path in (("MiniLM-L6", MINILM), ("MPNet", MPNET)):
-            if name == "MPNet" and not methods & {"teacher-mpnet", "nanonet-mpnet"}:
+            if name == "MPNet" and "teacher-mpnet" not in methods:
                 continue
             began = time.perf_counter()
             try:
                 model_path = resolve_model_path(path)
             except FileNotFoundError as error:
-                record(f"full fine-tune {name} (teacher)", None, began, note=str(error))
+                record(f"full fine-tune {name}", None, began, note=str(error))
                 continue
             folder = train_teacher(
                 model_path, data.labeled, os.path.join(scratch, f"teacher-{name}"), num_train_epochs=args.teacher_epochs,
                 learning_rate=args.teacher_lr[name], seed=seed,
             )  # fmt: skip
             model, teacher_tokenizer = load_teacher(folder, data.label_names)
-            record(f"full fine-tune {name} (teacher)", evaluate(model, teacher_tokenizer, test["text"], test["label"], num_classes), began)
-            teachers[name] = folder
+            record(f"full fine-tune {name}", evaluate(model, teacher_tokenizer, test["text"], test["label"], num_classes), began)
+            teachers[f"fine-tuned {name}"] = folder
 
         for name, body in (("MiniLM-L6", MINILM), ("MPNet", MPNET)):
             if f"setfit-{name.lower()}" not in methods:
                 continue
             began = time.perf_counter()
             try:
-                metrics, note = run_setfit(body, data, test, seed, args)
+                metrics, teachers[f"SetFit {name}"] = run_setfit(body, data, test, seed, args)
+                note = f"{args.setfit_iterations} pair iterations"
             except (ImportError, FileNotFoundError) as error:
                 metrics, note = None, f"skipped: {error}"
             record(f"SetFit {name}", metrics, began, note)
@@ -226,20 +212,22 @@ def run_setting(dataset: str, labels_per_class: int, seed: int, args, methods: s
             record("supervised-only student (LoRA)", result["chosen"], began)
 
         variants = []
-        if "nanonet" in methods and "MiniLM-L6" in teachers:
-            variants.append(("nanonet", "MiniLM-L6", {}, None))
-        if "nanonet-mpnet" in methods and "MPNet" in teachers:
-            variants.append(("nanonet (MPNet teacher)", "MPNet", {}, None))
-        if "ablations" in methods and "MiniLM-L6" in teachers:
+        main_teacher = args.teacher if args.teacher in teachers else None
+        if "nanonet" in methods and main_teacher:
+            variants.append(("nanonet", main_teacher, {}, None))
+        for teacher in args.other_teachers:
+            if teacher in teachers and teacher != main_teacher:
+                variants.append((f"nanonet ({teacher} teacher)", teacher, {}, None))
+        if "ablations" in methods and main_teacher:
             for name in args.ablations:
                 change = dict(ABLATIONS[name])
                 if change.pop("_generate", False):
                     if generated is None:
                         record(name, None, time.perf_counter(), note="skipped: no generator")
                         continue
-                    variants.append((name, "MiniLM-L6", change, generated))
+                    variants.append((name, main_teacher, change, generated))
                 else:
-                    variants.append((name, "MiniLM-L6", change, None))
+                    variants.append((name, main_teacher, change, None))
         for name, teacher, change, extra in variants:
             began = time.perf_counter()
             train, reference = pool_with_logits(teacher, extra)
@@ -302,7 +290,8 @@ def plot(runs: list[Run], path: str) -> None:
     figure.savefig(path, dpi=120)
 
 
-ALL_METHODS = ["teacher-mpnet", "setfit-minilm-l6", "setfit-mpnet", "supervised-student", "nanonet", "nanonet-mpnet", "ablations"]
+ALL_METHODS = ["teacher-mpnet", "setfit-minilm-l6", "setfit-mpnet", "supervised-student", "nanonet", "ablations"]
+TEACHERS = ["SetFit MiniLM-L6", "SetFit MPNet", "fine-tuned MiniLM-L6", "fine-tuned MPNet"]
 
 
 def parse_args(argv=None):
@@ -312,6 +301,9 @@ def parse_args(argv=None):
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", default=ALL_METHODS, choices=ALL_METHODS)
     parser.add_argument("--ablations", nargs="+", default=list(ABLATIONS), choices=list(ABLATIONS))
+    parser.add_argument("--teacher", default="SetFit MiniLM-L6", choices=TEACHERS, help="nanonet's teacher (and the ablations')")
+    parser.add_argument("--other_teachers", nargs="*", default=["SetFit MPNet", "fine-tuned MiniLM-L6"], choices=TEACHERS,
+                        help="also run nanonet with each of these teachers")
     parser.add_argument("--steps", type=int, default=300, help="cohort steps (the recipe's default)")
     parser.add_argument("--views", default="cutoff,shuffle,cutoff,dropout", help="nanonet's student_views")
     parser.add_argument("--ablation_datasets", nargs="+", default=None, help="run the ablations on these datasets only")
@@ -328,7 +320,8 @@ def parse_args(argv=None):
         args.datasets, args.labels_per_class, args.seeds = ["trec6"], [10], [0]
         args.steps, args.max_unlabeled, args.test_rows, args.teacher_epochs = 6, 64, 100, 1
         args.setfit_iterations, args.generated = 1, 4
-        args.methods = [m for m in args.methods if m not in ("teacher-mpnet", "setfit-mpnet", "nanonet-mpnet")]
+        args.methods = [m for m in args.methods if m not in ("teacher-mpnet", "setfit-mpnet")]
+        args.other_teachers = ["fine-tuned MiniLM-L6"]
         args.ablations = [a for a in args.ablations if a in ("nanonet − views", "nanonet bias-only")]
         args.ablation_datasets = None
     return args
@@ -349,7 +342,7 @@ def main(argv=None) -> list[Run]:
                 runs += run_setting(dataset, budget, seed, args, chosen)
     table, summary = summarize(runs)
     command = "python " + " ".join(["benchmarks/accuracy.py", *(argv if argv is not None else sys.argv[1:])])
-    header = (f"Accuracy benchmark — `{command}`\n\nMiniLM-L6 students (LoRA r=8 unless noted), {args.steps} cohort steps, "
+    header = (f"Accuracy benchmark — `{command}`\n\nMiniLM-L6 students (LoRA r=8 unless noted), teacher {args.teacher}, {args.steps} cohort steps, "
               f"views `{args.views}`, ≤{args.max_unlabeled} unlabeled rows; total wall time {time.perf_counter() - began:.0f} s "
               f"on {os.cpu_count()} CPU cores.")  # fmt: skip
     print("\n" + header + "\n" + table)

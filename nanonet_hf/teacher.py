@@ -9,7 +9,8 @@ import os
 import tempfile
 
 import numpy as np
-from datasets import Dataset, config as datasets_config
+from datasets import Dataset
+from datasets import config as datasets_config
 from datasets.fingerprint import Hasher
 from transformers import (
     AutoConfig,
@@ -25,6 +26,7 @@ from .cohort import load_base
 from .data import tokenize
 from .files import atomic_directory
 from .inference import predict_logits
+from .setfit_teacher import SetFitTeacher
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +128,7 @@ def _folder_fingerprint(path: str) -> str:
 
 def add_teacher_logits(
     dataset: Dataset,
-    teacher_name_or_path: str,
+    teacher: "str | SetFitTeacher",
     *,
     label_names: list[str],
     max_length: int = 64,
@@ -135,20 +137,26 @@ def add_teacher_logits(
 ) -> Dataset:
     """Add a `teacher_logits` column (C floats per row) computed from the `text` column, once.
 
-    The result is an Arrow file in the datasets cache, keyed by the texts, the teacher's weights and `max_length`;
-    a later run with the same key reads it back. Under several processes, call it inside
-    `TrainingArguments.main_process_first()`: the main process computes, the others read its file.
+    `teacher` is a sequence classifier's folder (or Hub id), or an in-memory teacher with `logits(texts)` and a
+    `fingerprint` ([`nanonet_hf.setfit_teacher.SetFitTeacher`]). The result is an Arrow file in the datasets cache,
+    keyed by the texts, the teacher (its weights' hash, or its fingerprint) and `max_length`; a later run with the
+    same key reads it back. Under several processes, call it inside `TrainingArguments.main_process_first()`: the
+    main process computes, the others read its file.
     """
-    fingerprint = Hasher.hash([dataset._fingerprint, _folder_fingerprint(teacher_name_or_path), max_length])
+    in_memory = not isinstance(teacher, (str, os.PathLike))
+    identity = teacher.fingerprint if in_memory else _folder_fingerprint(teacher)
+    fingerprint = Hasher.hash([dataset._fingerprint, identity, max_length])
     cache_dir = cache_dir or os.path.join(datasets_config.HF_DATASETS_CACHE, "nanonet_hf", "teacher_logits")
     os.makedirs(cache_dir, exist_ok=True)
     cache_file = os.path.join(cache_dir, f"{fingerprint}.arrow")
     state = {}
 
     def compute(batch: dict) -> dict:
+        if in_memory:
+            return {"teacher_logits": teacher.logits(batch["text"], batch_size=batch_size).tolist()}
         if not state:  # load the teacher only when the cache misses
-            logger.info("Computing teacher logits of %d rows with %s", len(dataset), teacher_name_or_path)
-            state["model"], state["tokenizer"] = load_teacher(teacher_name_or_path, label_names)
+            logger.info("Computing teacher logits of %d rows with %s", len(dataset), teacher)
+            state["model"], state["tokenizer"] = load_teacher(teacher, label_names)
         logits = predict_logits(
             state["model"], state["tokenizer"], batch["text"], batch_size=batch_size, max_length=max_length
         )

@@ -54,6 +54,7 @@ from nanonet_hf.hub.card import package_versions
 from nanonet_hf.inference import predict_logits
 from nanonet_hf.metrics import agreement_choice
 from nanonet_hf.resources import resolve_model_path
+from nanonet_hf.setfit_teacher import SetFitTeacher
 from nanonet_hf.teacher import check_teacher, load_teacher
 
 logger = logging.getLogger("nanonet_hf.recipes.train")
@@ -71,6 +72,15 @@ class ScriptArguments:
         default=None,
         metadata={"help": "A sequence classifier with the same labels. Default: fine-tune the full-depth base here."},
     )
+    teacher_type: str = field(
+        default="fine_tune",
+        metadata={
+            "help": "How the teacher is made when none is given: 'fine_tune' (full fine-tune of the base on the labels) "
+            "or 'setfit' (SetFit on the base or on --teacher_name_or_path, a sentence-transformers body; needs setfit).",
+            "choices": ["fine_tune", "setfit"],
+        },
+    )
+    setfit_iterations: int = field(default=20, metadata={"help": "SetFit teacher: contrastive pairs per labeled text."})
     teacher_epochs: float = field(default=20, metadata={"help": "Epochs of the teacher fine-tune on the labeled rows."})
     teacher_learning_rate: float = field(
         default=3e-4, metadata={"help": "Learning rate of the teacher fine-tune (few labels want a high one)."}
@@ -185,9 +195,12 @@ def main(script_args: ScriptArguments, training_args: MutualDistillationConfig) 
         raise SystemExit("No test split: pass --eval_file (a built-in --dataset has its own).")
     if script_args.generate_unlabeled < 0:
         raise SystemExit(f"--generate_unlabeled must be >= 0, got {script_args.generate_unlabeled}")
+    if script_args.teacher_type == "setfit" and training_args.online_teacher:
+        raise SystemExit("--online_teacher trains a transformers classifier along; it cannot be a SetFit teacher.")
     if script_args.teacher_name_or_path:
         script_args.teacher_name_or_path = resolve_model_path(script_args.teacher_name_or_path)
-        check_teacher(script_args.teacher_name_or_path, data.label_names)
+        if script_args.teacher_type == "fine_tune":  # a SetFit body has no label space yet
+            check_teacher(script_args.teacher_name_or_path, data.label_names)
     num_layers = AutoConfig.from_pretrained(model_path).num_hidden_layers
     kept = select_layers(num_layers, parse_student_layers(training_args.student_layers))  # bad layers fail here,
     select_adapter_layers(len(kept), parse_student_layers(training_args.adapter_layers, "adapter_layers"))  # before any training
@@ -213,20 +226,32 @@ def main(script_args: ScriptArguments, training_args: MutualDistillationConfig) 
     ################
     t0 = time.perf_counter()
     teacher_path = script_args.teacher_name_or_path
-    if teacher_path is None:
-        teacher_path = train_teacher(
-            model_path,
+    if script_args.teacher_type == "setfit":  # in memory, trained on first use: not at all when its logits are cached
+        teacher = SetFitTeacher(
+            teacher_path or model_path,
             data.labeled,
-            os.path.join(output_dir, "teacher"),
-            num_train_epochs=script_args.teacher_epochs,
-            learning_rate=script_args.teacher_learning_rate,
+            num_iterations=script_args.setfit_iterations,
             max_length=training_args.max_length,
             seed=training_args.seed,
         )
+        teacher_name = f"SetFit ({script_args.setfit_iterations} pair iterations) on {script_args.teacher_name_or_path or script_args.model_name_or_path}"
+    else:
+        if teacher_path is None:
+            teacher_path = train_teacher(
+                model_path,
+                data.labeled,
+                os.path.join(output_dir, "teacher"),
+                num_train_epochs=script_args.teacher_epochs,
+                learning_rate=script_args.teacher_learning_rate,
+                max_length=training_args.max_length,
+                seed=training_args.seed,
+            )
+        teacher = teacher_path
+        teacher_name = script_args.teacher_name_or_path or "fine-tuned full-depth base (this run)"
     with training_args.main_process_first(desc="teacher logits"):  # computed once, read by the other processes
         train = add_teacher_logits(
             training_dataset(data.labeled, data.unlabeled),
-            teacher_path,
+            teacher,
             label_names=data.label_names,
             max_length=training_args.max_length,
         )
@@ -264,9 +289,9 @@ def main(script_args: ScriptArguments, training_args: MutualDistillationConfig) 
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     timings["cohort_train_s"] = time.perf_counter() - t0
     if online_teacher is not None:  # what the students last learned from: evaluate and select with it
-        teacher_path = os.path.join(output_dir, "online_teacher")
+        teacher = os.path.join(output_dir, "online_teacher")
         if trainer.is_world_process_zero():
-            with atomic_directory(teacher_path) as tmp:
+            with atomic_directory(teacher) as tmp:
                 online_teacher.save_pretrained(tmp)
                 tokenizer.save_pretrained(tmp)
         trainer.accelerator.wait_for_everyone()
@@ -305,11 +330,10 @@ def main(script_args: ScriptArguments, training_args: MutualDistillationConfig) 
     ################
     # Pick, evaluate and export
     ################
-    teacher_model, teacher_tokenizer = load_teacher(teacher_path, data.label_names)
+    with training_args.main_process_first(desc="teacher test logits"):
+        test_logits = add_teacher_logits(data.test, teacher, label_names=data.label_names, max_length=training_args.max_length)
     teacher_metrics = classification_metrics(
-        predict_logits(teacher_model, teacher_tokenizer, data.test["text"], max_length=training_args.max_length).argmax(-1),
-        np.asarray(data.test["label"]),
-        len(data.label_names),
+        np.asarray(test_logits["teacher_logits"]).argmax(-1), np.asarray(data.test["label"]), len(data.label_names)
     )
     # choose without test labels: agreement with the teacher on unlabeled rows (labeled rows when there are none)
     if len(data.unlabeled):
@@ -330,7 +354,7 @@ def main(script_args: ScriptArguments, training_args: MutualDistillationConfig) 
         "dataset": script_args.dataset or script_args.labeled_file,
         "base_model": script_args.model_name_or_path,
         "teacher": teacher_metrics,
-        "teacher_name_or_path": script_args.teacher_name_or_path or "fine-tuned full-depth base (this run)",
+        "teacher_name_or_path": teacher_name,
         "students": [
             {"accuracy": cohort_test[f"test_student_{k}_accuracy"], "macro_f1": cohort_test[f"test_student_{k}_macro_f1"]}
             for k in range(num_students)

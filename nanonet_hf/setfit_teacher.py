@@ -1,0 +1,86 @@
+"""A SetFit teacher: contrastive fine-tuning of a sentence-transformers body on pairs of the few labels, plus a
+logistic-regression head (the `setfit` package). With 10 labels per class it is far stronger than a plain full
+fine-tune of the same body, so it makes the better teacher for the students to distil from.
+
+It is not a `transformers` sequence classifier (mean pooling, a scikit-learn head), so it stays in memory and is
+never saved or loaded from a pickle. Its logits (log-probabilities) reach the students through
+[`add_teacher_logits`], whose cache is keyed by the teacher's `fingerprint`: the inputs of its training (body,
+labeled rows, settings, seed). Training is lazy, on the first `logits()` call, so a run whose logits are cached
+(or a second process reading the main one's cache) never trains it.
+"""
+
+import hashlib
+import json
+import os
+import tempfile
+
+import numpy as np
+from datasets import Dataset
+from transformers import set_seed
+
+
+class SetFitTeacher:
+    """SetFit on `labeled` (`text`, `label` ClassLabel) from the sentence-transformers body `body_name_or_path`
+    (`num_iterations` pairs per labeled text: SetFit's default 20), trained when first asked for logits.
+
+    Args:
+        body_name_or_path (`str`): a sentence-transformers folder or id.
+        labeled (`Dataset`): the labeled rows.
+        num_iterations, num_epochs, batch_size, max_length: SetFit's training arguments.
+        seed (`int`): seeds the pairs and the head.
+    """
+
+    def __init__(
+        self,
+        body_name_or_path: str,
+        labeled: Dataset,
+        *,
+        num_iterations: int = 20,
+        num_epochs: int = 1,
+        batch_size: int = 16,
+        max_length: int = 64,
+        seed: int = 0,
+    ):
+        try:
+            import setfit  # noqa: F401
+        except ImportError as error:
+            raise ImportError("A SetFit teacher needs the setfit package: pip install 'nanonet-hf[setfit]'") from error
+        self.body_name_or_path = body_name_or_path
+        self.labeled = labeled.select_columns(["text", "label"])
+        self.num_labels = len(labeled.features["label"].names)
+        self.settings = {
+            "num_iterations": num_iterations, "num_epochs": num_epochs, "batch_size": batch_size,
+            "max_length": max_length, "seed": seed,
+        }  # fmt: skip
+        self._model = None
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies the trained teacher by what it is trained from (weights file sizes of the body, rows, settings)."""
+        body = self.body_name_or_path
+        if os.path.isdir(body):
+            body = sorted((name, os.path.getsize(os.path.join(body, name))) for name in os.listdir(body) if name.endswith(".safetensors"))
+        rows = [list(self.labeled["text"]), list(self.labeled["label"])]
+        key = json.dumps({"body": body, "rows": rows, **self.settings}, sort_keys=True)
+        return "setfit-" + hashlib.sha256(key.encode()).hexdigest()[:16]
+
+    @property
+    def model(self):
+        """The trained `setfit.SetFitModel` (trained now if it was not yet)."""
+        if self._model is None:
+            from setfit import SetFitModel, Trainer, TrainingArguments
+
+            set_seed(self.settings["seed"])
+            model = SetFitModel.from_pretrained(self.body_name_or_path)
+            with tempfile.TemporaryDirectory() as scratch:
+                args = TrainingArguments(output_dir=scratch, show_progress_bar=False, **self.settings)
+                Trainer(model=model, args=args, train_dataset=self.labeled).train()
+            self._model = model
+        return self._model
+
+    def logits(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        """`[N, C]` log-probabilities, column c for label id c."""
+        probabilities = np.asarray(self.model.predict_proba(list(texts), batch_size=batch_size, as_numpy=True))
+        ordered = np.zeros((len(texts), self.num_labels))
+        ordered[:, [int(c) for c in self.model.model_head.classes_]] = probabilities
+        return np.log(np.clip(ordered, 1e-12, 1.0)).astype(np.float32)
