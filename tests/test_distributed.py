@@ -39,7 +39,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def launch(num_processes: int, per_device_batch: int, run_files, tiny_model_dir, out) -> subprocess.CompletedProcess:
+def launch(num_processes: int, per_device_batch: int, run_files, tiny_model_dir, out, *extra: str) -> subprocess.CompletedProcess:
     command = [
         sys.executable, "-m", "accelerate.commands.launch",
         "--config_file", os.path.join(ROOT, "recipes", "accelerate_configs", "multi_cpu.yaml"),
@@ -50,7 +50,7 @@ def launch(num_processes: int, per_device_batch: int, run_files, tiny_model_dir,
         "--num_students", "2", "--per_device_train_batch_size", str(per_device_batch), "--max_steps", "6",
         "--learning_rate", "0.01", "--max_length", "16", "--supervised_baseline", "false",
         "--save_strategy", "no", "--eval_strategy", "no", "--report_to", "none", "--logging_steps", "1",
-        "--seed", "0", "--output_dir", str(out), "--disable_tqdm", "true", "--log_level", "info",
+        "--seed", "0", "--output_dir", str(out), "--disable_tqdm", "true", "--log_level", "info", *extra,
     ]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": str(out) + "-cache", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, check=False)
@@ -67,9 +67,10 @@ def test_two_processes_match_one_at_the_same_global_batch(run_files, tiny_model_
     assert "Total train batch size (w. parallel, distributed & accumulation) = 8" in double.stderr, double.stderr[-3000:]
     assert "Total train batch size (w. parallel, distributed & accumulation) = 8" in single.stderr
 
-    # teacher logits: computed by one process, read from the cache by the other
-    assert double.stderr.count("Computing teacher logits") == 1, double.stderr[-3000:]
-    assert single.stderr.count("Computing teacher logits") == 1
+    # teacher logits (of the training rows, then of the test rows): computed by one process, read from the cache by
+    # the other
+    assert double.stderr.count("Computing teacher logits") == 2, double.stderr[-3000:]
+    assert single.stderr.count("Computing teacher logits") == 2
 
     one, two = (json.loads((tmp_path / name / "results.json").read_text()) for name in ("one", "two"))
     assert one["cohort"]["steps"] == two["cohort"]["steps"] == 6
@@ -92,6 +93,24 @@ def test_two_processes_match_one_at_the_same_global_batch(run_files, tiny_model_
     assert sorted(name for name in os.listdir(tmp_path / "two") if not name.startswith(("runs", "trainer_state"))) == [
         "results.json", "student", "student_adapter", "student_base",
     ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_online_teacher_and_views_under_two_processes(run_files, tiny_model_dir, tmp_path):
+    """The online teacher's gradients are averaged over the processes like the students' (it lives in the DDP
+    module): two processes at per-device batch 4 end with the teacher one process ends with at batch 8. Its loss is
+    its own cross-entropy, so the students' random views do not touch it; they must just run under DDP."""
+    extra = ("--online_teacher", "--online_teacher_learning_rate", "0.01", "--student_views", "cutoff,adversarial")
+    launch(1, 8, run_files, tiny_model_dir, tmp_path / "one", *extra)
+    launch(2, 4, run_files, tiny_model_dir, tmp_path / "two", *extra)
+    one, two, warm_up = (
+        safetensors.torch.load_file(os.path.join(folder, "model.safetensors"))
+        for folder in (tmp_path / "one" / "online_teacher", tmp_path / "two" / "online_teacher", run_files["teacher"])
+    )
+    assert one.keys() == two.keys()
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], atol=1e-5, rtol=1e-4)
+    assert any(not torch.allclose(one[name], warm_up[name]) for name in one), "the online teacher did not train"
 
 
 @pytest.mark.parametrize("name", sorted(os.listdir(os.path.join(ROOT, "recipes", "accelerate_configs"))))
