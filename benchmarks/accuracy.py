@@ -29,6 +29,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import sys
 import tempfile
 import time
@@ -104,6 +105,7 @@ def nanonet_settings(args) -> dict:
         max_steps=args.steps, eval_strategy="no", save_strategy="no", logging_steps=max(1, args.steps // 4),
         report_to="none", disable_tqdm=True, student_views=args.views,
     )  # fmt: skip
+    settings.update(args.set or {})
     return settings
 
 
@@ -113,7 +115,8 @@ def evaluate(model, tokenizer, texts, labels, num_classes) -> dict:
 
 def run_setfit(body: str, data, test, seed: int, args) -> tuple[dict, SetFitTeacher]:
     teacher = SetFitTeacher(resolve_model_path(body), data.labeled, num_iterations=args.setfit_iterations, seed=seed)
-    predictions = teacher.logits(test["text"]).argmax(-1)
+    # through the logits cache (keyed by what SetFit trains from): a rerun neither retrains nor re-encodes
+    predictions = np.asarray(add_teacher_logits(test, teacher, label_names=data.label_names)["teacher_logits"]).argmax(-1)
     return classification_metrics(predictions, np.asarray(test["label"]), len(data.label_names)), teacher
 
 
@@ -215,7 +218,7 @@ def run_setting(dataset: str, labels_per_class: int, seed: int, args, methods: s
         main_teacher = args.teacher if args.teacher in teachers else None
         if "nanonet" in methods and main_teacher:
             variants.append(("nanonet", main_teacher, {}, None))
-        for teacher in args.other_teachers:
+        for teacher in args.other_teachers if "ablations" in methods or args.ablation_datasets is None else []:
             if teacher in teachers and teacher != main_teacher:
                 variants.append((f"nanonet ({teacher} teacher)", teacher, {}, None))
         if "ablations" in methods and main_teacher:
@@ -294,6 +297,13 @@ ALL_METHODS = ["teacher-mpnet", "setfit-minilm-l6", "setfit-mpnet", "supervised-
 TEACHERS = ["SetFit MiniLM-L6", "SetFit MPNet", "fine-tuned MiniLM-L6", "fine-tuned MPNet"]
 
 
+def _setting(text: str) -> tuple[str, object]:
+    key, _, value = text.partition("=")
+    if key not in MutualDistillationConfig.__dataclass_fields__:
+        raise argparse.ArgumentTypeError(f"--set {text}: {key!r} is not a MutualDistillationConfig field")
+    return key, yaml.safe_load(value)
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", default=["trec6", "rotten_tomatoes"])
@@ -306,7 +316,9 @@ def parse_args(argv=None):
                         help="also run nanonet with each of these teachers")
     parser.add_argument("--steps", type=int, default=300, help="cohort steps (the recipe's default)")
     parser.add_argument("--views", default="cutoff,shuffle,cutoff,dropout", help="nanonet's student_views")
-    parser.add_argument("--ablation_datasets", nargs="+", default=None, help="run the ablations on these datasets only")
+    parser.add_argument("--set", nargs="*", type=_setting, default=None, metavar="KEY=VALUE",
+                        help="override nanonet settings (MutualDistillationConfig fields), e.g. temperature=1")
+    parser.add_argument("--ablation_datasets", nargs="+", default=None, help="run the ablations and the other teachers on these datasets only")
     parser.add_argument("--max_unlabeled", type=int, default=2000)
     parser.add_argument("--test_rows", type=int, default=None, help="first N rows of the fixed test split (default all)")
     parser.add_argument("--teacher_epochs", type=float, default=20)
@@ -315,6 +327,7 @@ def parse_args(argv=None):
     parser.add_argument("--quick", action="store_true", help="smoke run: trec6, 10/class, seed 0, 6 steps, 100 test rows")
     parser.add_argument("--out", default=None, help="folder for accuracy.md, accuracy.json, accuracy.png")
     args = parser.parse_args(argv)
+    args.set = dict(args.set or [])
     args.teacher_lr = {"MiniLM-L6": 3e-4, "MPNet": 1e-4}
     if args.quick:
         args.datasets, args.labels_per_class, args.seeds = ["trec6"], [10], [0]
@@ -341,8 +354,10 @@ def main(argv=None) -> list[Run]:
                 chosen = methods if args.ablation_datasets is None or dataset in args.ablation_datasets else methods - {"ablations"}
                 runs += run_setting(dataset, budget, seed, args, chosen)
     table, summary = summarize(runs)
-    command = "python " + " ".join(["benchmarks/accuracy.py", *(argv if argv is not None else sys.argv[1:])])
-    header = (f"Accuracy benchmark — `{command}`\n\nMiniLM-L6 students (LoRA r=8 unless noted), teacher {args.teacher}, {args.steps} cohort steps, "
+    command = "python " + shlex.join(["benchmarks/accuracy.py", *(argv if argv is not None else sys.argv[1:])])
+    settings = nanonet_settings(args)
+    header = (f"Accuracy benchmark — `{command}`\n\nMiniLM-L6 students (LoRA r={settings.get('lora_r')} on "
+              f"{settings.get('lora_target_modules') or 'query/value'}; bias-only where noted), teacher {args.teacher}, {args.steps} cohort steps, "
               f"views `{args.views}`, ≤{args.max_unlabeled} unlabeled rows; total wall time {time.perf_counter() - began:.0f} s "
               f"on {os.cpu_count()} CPU cores.")  # fmt: skip
     print("\n" + header + "\n" + table)

@@ -137,3 +137,24 @@ def test_recipe_with_bias_students_views_an_online_teacher_and_generated_text(ti
     assert not all(
         (a == b).all() for a, b in zip(online.state_dict().values(), warm_up.state_dict().values())
     ), "the online teacher did not train"
+
+
+def test_quality_config_holds_the_accuracy_benchmarks_settings():
+    """recipes/configs/trec6_quality.yaml is what benchmarks/results/accuracy.md calls nanonet: the committed command's
+    settings (the default YAML, its overrides and --set values) and the teacher agree with the config."""
+    import importlib.util
+    import shlex
+
+    spec = importlib.util.spec_from_file_location("accuracy_benchmark", os.path.join(ROOT, "benchmarks", "accuracy.py"))
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    command = json.loads(open(os.path.join(ROOT, "benchmarks", "results", "accuracy.json")).read())["command"]
+    args = benchmark.parse_args(shlex.split(command)[2:])
+    settings = benchmark.nanonet_settings(args)
+    script_args, training_args = recipe.parse_args(["--config", os.path.join(ROOT, "recipes", "configs", "trec6_quality.yaml")])
+    for key in ("num_students", "lora_r", "lora_alpha", "student_views", "temperature", "lambda_kd", "lambda_mut",
+                "max_steps", "learning_rate", "per_device_train_batch_size", "unlabeled_ratio", "max_length"):  # fmt: skip
+        assert getattr(training_args, key) == settings[key], key
+    assert sorted(training_args.lora_target_modules) == sorted(settings["lora_target_modules"])
+    assert script_args.teacher_type == "setfit" and args.teacher == "SetFit MiniLM-L6"
+    assert script_args.setfit_iterations == args.setfit_iterations and script_args.max_unlabeled == args.max_unlabeled
