@@ -207,13 +207,15 @@ class StudentCohort(nn.Module):
         for module in peft_model.modules():
             if isinstance(module, (LoraLayer, AuxiliaryTrainingWrapper)):
                 module.register_forward_pre_hook(self._route, with_kwargs=True)
-        layers = _encoder_layers(peft_model.get_base_model()) if bias_layers is not None else None
         # bias-only students: per-student offsets of the adapted layers' biases (a submodule, so they train and save)
-        self.student_biases = (
-            StudentBiases(layers, bias_layers, len(self.student_names)) if bias_layers is not None else None
-        )
-        self.adapter_type = "bias" if bias_layers is not None else "lora"
-        self.shared_layers = bias_layers[0] if bias_layers is not None else _shared_trunk_depth(peft_model)
+        self.student_biases = None
+        self.adapter_type = "lora"
+        self.shared_layers = _shared_trunk_depth(peft_model)
+        if bias_layers is not None:
+            layers = _encoder_layers(peft_model.get_base_model())
+            self.student_biases = StudentBiases(layers, bias_layers, len(self.student_names))
+            self.adapter_type = "bias"
+            self.shared_layers = bias_layers[0]
         if self.shared_layers is not None:
             for index, layer in enumerate(list(_encoder_layers(peft_model.get_base_model()))[self.shared_layers :]):
                 layer.register_forward_pre_hook(
@@ -383,17 +385,18 @@ class StudentCohort(nn.Module):
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
         if views is not None and self.shared_layers is None:
             raise ValueError("Data views need the students' adapters in the encoder layers (not on the embeddings).")
-        if views is not None and views.position_ids is not None:
-            if self.shared_layers != 0:
-                raise ValueError(
-                    "The shuffle view moves tokens at the embeddings, so the students cannot share a trunk: use it "
-                    "with adapters on every layer (adapter_layers unset), or choose other views."
-                )
-            # the embeddings run per student (cheap); the encoder layers then see K× rows already
+        shuffled = views is not None and views.position_ids is not None
+        if shuffled and self.shared_layers != 0:
+            raise ValueError(
+                "The shuffle view moves tokens at the embeddings, so the students cannot share a trunk: use it "
+                "with adapters on every layer (adapter_layers unset), or choose other views."
+            )
+        if shuffled or self.shared_layers is None:
+            # repeat the inputs: adapters below the encoder layers (e.g. on embeddings), or per-student positions (the
+            # embeddings then run per student, which is cheap; the encoder layers see K× rows already)
             inputs = {key: None if value is None else _repeat_rows(value, num_students) for key, value in inputs.items()}
-            inputs["position_ids"] = views.position_ids.reshape(num_students * batch, -1)
-        elif self.shared_layers is None:  # adapters below the encoder layers (e.g. on embeddings): repeat the inputs
-            inputs = {key: None if value is None else _repeat_rows(value, num_students) for key, value in inputs.items()}
+            if shuffled:
+                inputs["position_ids"] = views.position_ids.reshape(num_students * batch, -1)
         else:
             self._trunk_rows = batch
         self._views = views
@@ -427,12 +430,7 @@ class StudentCohort(nn.Module):
 
     def student_heads(self, name: str) -> dict[str, nn.Module]:
         """Student `name`'s copy of each head (PEFT `modules_to_save`), by the head's path in the base model."""
-        base = self.peft_model.get_base_model()
-        return {
-            path: module.modules_to_save[name]
-            for path, module in base.named_modules()
-            if isinstance(module, AuxiliaryTrainingWrapper) and name in getattr(module, "modules_to_save", {})
-        }
+        return _student_heads(self.peft_model, name)
 
     # ---- activation (gradient) checkpointing, called by Trainer when `activation_checkpointing=True` ----
 
@@ -509,16 +507,23 @@ def _shared_trunk_depth(peft_model: PeftModel) -> int | None:
     return adapted[0] if adapted else len(layers)
 
 
+def _student_heads(peft_model: PeftModel, adapter_name: str) -> dict[str, nn.Module]:
+    """`adapter_name`'s copy of each head (PEFT `modules_to_save`), by the head's path in the base model."""
+    return {
+        path: module.modules_to_save[adapter_name]
+        for path, module in peft_model.get_base_model().named_modules()
+        if isinstance(module, AuxiliaryTrainingWrapper) and adapter_name in getattr(module, "modules_to_save", {})
+    }
+
+
 def _reset_head(peft_model: PeftModel, adapter_name: str, *, std: float) -> None:
     """Re-initialise the head copy of `adapter_name` from the current RNG (normal(0, std) weights, zero biases)."""
-    found = False
-    for module in peft_model.modules():
-        if isinstance(module, AuxiliaryTrainingWrapper) and adapter_name in getattr(module, "modules_to_save", {}):
-            for layer in module.modules_to_save[adapter_name].modules():
-                if isinstance(layer, nn.Linear):
-                    nn.init.normal_(layer.weight, std=std)
-                    if layer.bias is not None:
-                        nn.init.zeros_(layer.bias)
-            found = True
-    if not found:
+    heads = _student_heads(peft_model, adapter_name)
+    if not heads:
         raise ValueError(f"No classification head was found for {adapter_name}: the base has no `classifier`/`score`.")
+    for head in heads.values():
+        for layer in head.modules():
+            if isinstance(layer, nn.Linear):
+                nn.init.normal_(layer.weight, std=std)
+                if layer.bias is not None:
+                    nn.init.zeros_(layer.bias)

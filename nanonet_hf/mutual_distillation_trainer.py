@@ -187,16 +187,15 @@ class MutualDistillationTrainer(Trainer):
             live = cohort.teacher(**model_inputs).logits  # [B, C]
             teacher_loss = supervised_loss(live[:, None], labels)[0]
             teacher_logits = live.detach()
-        views = self._views(cohort, model_inputs, labels, teacher_logits) if model.training else None
-        logits = model(**model_inputs, views=views) if views is not None else model(**model_inputs)  # [B, K, C]
+        unlabeled = labels == IGNORE_INDEX  # distillation, from the teacher or the students, on these rows only
+        views = self._views(cohort, model_inputs, labels, unlabeled, teacher_logits) if model.training else None
+        logits = model(**model_inputs, views=views)  # [B, K, C]
         if teacher_loss is not None and args.lambda_teacher_mutual > 0:
-            unlabeled = (labels == IGNORE_INDEX).float()
             from_students = distillation_loss(live[:, None], logits.detach().mean(dim=1), temperature=args.temperature, weights=unlabeled)[0]
             teacher_loss = teacher_loss + args.lambda_teacher_mutual * from_students
 
         sup = supervised_loss(logits, labels)  # [K]
         if teacher_logits is not None and args.lambda_kd > 0:
-            unlabeled = labels == IGNORE_INDEX  # KD on unlabeled rows only
             weights = self._confidence_need(logits, teacher_logits, unlabeled) if args.kd_weighting == "confidence_need" else unlabeled
             kd = distillation_loss(logits, teacher_logits, temperature=args.temperature, weights=weights)  # [K]
         else:
@@ -226,7 +225,12 @@ class MutualDistillationTrainer(Trainer):
         return (loss, logits) if return_outputs else loss
 
     def _views(
-        self, cohort: StudentCohort, model_inputs: dict, labels: torch.Tensor, teacher_logits: torch.Tensor | None
+        self,
+        cohort: StudentCohort,
+        model_inputs: dict,
+        labels: torch.Tensor,
+        unlabeled: torch.Tensor,
+        teacher_logits: torch.Tensor | None,
     ) -> StudentViews | None:
         """Each student's view of this training batch, or `None` when every student sees it as is.
 
@@ -248,9 +252,7 @@ class MutualDistillationTrainer(Trainer):
             logits = cohort(**model_inputs, views=views)
             loss = supervised_loss(logits, labels)
             if teacher_logits is not None:
-                loss = loss + distillation_loss(
-                    logits, teacher_logits, temperature=self.args.temperature, weights=labels == IGNORE_INDEX
-                )
+                loss = loss + distillation_loss(logits, teacher_logits, temperature=self.args.temperature, weights=unlabeled)
             loss = loss[chosen].sum()
             gradient = torch.autograd.grad(loss, noise, allow_unused=True)[0] if loss.requires_grad else None
         finally:

@@ -7,6 +7,7 @@ import torch
 from peft import LoraConfig
 
 from nanonet_hf import MutualDistillationTrainer, StudentCohort
+from nanonet_hf.losses import IGNORE_INDEX
 from nanonet_hf.views import (
     StudentViews,
     adversarial_step,
@@ -157,7 +158,8 @@ def test_adversarial_step_follows_the_gradient_of_the_students_loss(tiny_model_d
     model_inputs = {key: inputs[key] for key in ("input_ids", "attention_mask", "token_type_ids")}
     cohort.train()
     torch.manual_seed(0)
-    views = trainer._views(cohort, model_inputs, inputs["labels"], inputs["teacher_logits"])
+    labels = inputs["labels"]
+    views = trainer._views(cohort, model_inputs, labels, labels == IGNORE_INDEX, inputs["teacher_logits"])
     assert all(param.grad is None for param in cohort.parameters())
     assert views.perturbation[1:].abs().sum() == 0
     torch.testing.assert_close(views.perturbation[0].norm(dim=-1), torch.full(model_inputs["input_ids"].shape, 0.5))
