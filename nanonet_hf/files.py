@@ -1,6 +1,7 @@
 """Writes that never leave a half-written result behind: build in a temporary sibling, then move into place."""
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -52,3 +53,19 @@ def write_json(path: str | os.PathLike, data) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def folder_fingerprint(path: str | os.PathLike, names: list[str] | None = None) -> str:
+    """A hash of a model folder's `config.json` and `*.safetensors` (or of the files `names` in it), so that a changed
+    model never reuses what was cached for the old one; a path that is not a folder (a Hub id) is its own key."""
+    path = str(path)
+    if not os.path.isdir(path):
+        return hashlib.sha256(path.encode()).hexdigest()[:16]
+    chosen = names if names is not None else [n for n in os.listdir(path) if n == "config.json" or n.endswith(".safetensors")]
+    digest = hashlib.sha256()
+    for name in sorted(chosen):
+        digest.update(name.encode())
+        with open(os.path.join(path, name), "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]

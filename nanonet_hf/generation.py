@@ -20,6 +20,7 @@ from datasets import config as datasets_config
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from .files import folder_fingerprint
 from .resources import resolve_gguf
 
 logger = logging.getLogger(__name__)
@@ -42,15 +43,6 @@ def clean_generation(text: str, *, min_words: int = 3, max_words: int = 60) -> s
             words = len(line.split())
             return line if min_words <= words <= max_words else None
     return None
-
-
-def _fingerprint(model_name_or_path: str, gguf_file: str | None) -> str:
-    """Identify the generator by its files' names and sizes (cheap; a re-quantized file changes its size)."""
-    folder = model_name_or_path
-    if not os.path.isdir(folder):
-        return model_name_or_path
-    names = [gguf_file] if gguf_file else sorted(os.listdir(folder))
-    return json.dumps([(name, os.path.getsize(os.path.join(folder, name))) for name in names if os.path.isfile(os.path.join(folder, name))])
 
 
 def _prompts(labeled: Dataset, count: int, examples_per_prompt: int, seed: int) -> list[str]:
@@ -105,7 +97,7 @@ def generate_unlabeled(
     if gguf_file is None:
         model_name_or_path, gguf_file = resolve_gguf(model_name_or_path)
     settings = {
-        "model": _fingerprint(model_name_or_path, gguf_file),
+        "model": folder_fingerprint(model_name_or_path, [gguf_file] if gguf_file else None),
         "labeled": hashlib.sha256(json.dumps([list(labeled["text"]), list(labeled["label"])]).encode()).hexdigest(),
         "exclude": hashlib.sha256(json.dumps(sorted(set(map(normalize, exclude)))).encode()).hexdigest(),
         "num_texts": num_texts,

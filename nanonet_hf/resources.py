@@ -13,6 +13,10 @@ PACKAGED_MODELS = {
 }
 
 
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
 def resolve_model_path(name_or_path: str) -> str:
     """A local folder as is; a Hub id whose files ship in an installed package, that package's folder; else the id.
 
@@ -22,7 +26,7 @@ def resolve_model_path(name_or_path: str) -> str:
         try:
             return unpack_split_zip(name_or_path)
         except FileNotFoundError:
-            if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+            if _offline():
                 raise
             return name_or_path
     if os.path.isdir(name_or_path) or name_or_path not in PACKAGED_MODELS:
@@ -31,7 +35,7 @@ def resolve_model_path(name_or_path: str) -> str:
     try:
         module = importlib.import_module(package)
     except ImportError:
-        if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        if _offline():
             raise FileNotFoundError(f"{name_or_path} is not on disk and HF_HUB_OFFLINE is set; {install}") from None
         return name_or_path
     return str(module.get_model_path())

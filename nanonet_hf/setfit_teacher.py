@@ -9,14 +9,16 @@ labeled rows, settings, seed). Training is lazy, on the first `logits()` call, s
 (or a second process reading the main one's cache) never trains it.
 """
 
+import functools
 import hashlib
 import json
-import os
 import tempfile
 
 import numpy as np
 from datasets import Dataset
 from transformers import set_seed
+
+from .files import folder_fingerprint
 
 
 class SetFitTeacher:
@@ -54,14 +56,11 @@ class SetFitTeacher:
         }  # fmt: skip
         self._model = None
 
-    @property
+    @functools.cached_property
     def fingerprint(self) -> str:
-        """Identifies the trained teacher by what it is trained from (weights file sizes of the body, rows, settings)."""
-        body = self.body_name_or_path
-        if os.path.isdir(body):
-            body = sorted((name, os.path.getsize(os.path.join(body, name))) for name in os.listdir(body) if name.endswith(".safetensors"))
+        """Identifies the trained teacher by what it is trained from (the body's weights, the rows, the settings)."""
         rows = [list(self.labeled["text"]), list(self.labeled["label"])]
-        key = json.dumps({"body": body, "rows": rows, **self.settings}, sort_keys=True)
+        key = json.dumps({"body": folder_fingerprint(self.body_name_or_path), "rows": rows, **self.settings}, sort_keys=True)
         return "setfit-" + hashlib.sha256(key.encode()).hexdigest()[:16]
 
     @property

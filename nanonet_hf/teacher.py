@@ -3,7 +3,6 @@
 The teacher tokenizes the texts itself, so it may use another vocabulary than the students (MPNet vs BERT).
 """
 
-import hashlib
 import logging
 import os
 import tempfile
@@ -24,7 +23,7 @@ from transformers import (
 
 from .cohort import load_base
 from .data import tokenize
-from .files import atomic_directory
+from .files import atomic_directory, folder_fingerprint
 from .inference import predict_logits
 from .setfit_teacher import SetFitTeacher
 
@@ -112,20 +111,6 @@ def load_teacher(teacher_name_or_path: str, label_names: list[str]):
     return model, tokenizer
 
 
-def _folder_fingerprint(path: str) -> str:
-    """A hash of a model folder's config and weights, so a retrained teacher never reuses stale logits."""
-    if not os.path.isdir(path):
-        return Hasher.hash(path)
-    digest = hashlib.sha256()
-    for name in sorted(os.listdir(path)):
-        if name == "config.json" or name.endswith(".safetensors"):
-            digest.update(name.encode())
-            with open(os.path.join(path, name), "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
-    return digest.hexdigest()[:16]
-
-
 def add_teacher_logits(
     dataset: Dataset,
     teacher: "str | SetFitTeacher",
@@ -144,7 +129,7 @@ def add_teacher_logits(
     main process computes, the others read its file.
     """
     in_memory = not isinstance(teacher, (str, os.PathLike))
-    identity = teacher.fingerprint if in_memory else _folder_fingerprint(teacher)
+    identity = teacher.fingerprint if in_memory else folder_fingerprint(teacher)
     fingerprint = Hasher.hash([dataset._fingerprint, identity, max_length])
     cache_dir = cache_dir or os.path.join(datasets_config.HF_DATASETS_CACHE, "nanonet_hf", "teacher_logits")
     os.makedirs(cache_dir, exist_ok=True)
