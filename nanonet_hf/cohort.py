@@ -12,6 +12,10 @@ re-runs the forward of each layer, and a hook that is gone by then routes every 
 which silently gives wrong gradients. So the cohort registers the same kind of pre-hook itself, once, on every
 `LoraLayer` and head wrapper, and keeps the routing of the last forward until `release_routing()` (called by the
 trainer after `backward()`) or until the next forward replaces it.
+
+On plain LoRA Linear layers (all of them, with the usual configs) PEFT's per-adapter gather/scatter is skipped: the
+rows go to PEFT as `"__base__"` rows (base layer only) and a forward hook adds the K students' updates with two
+batched matmuls over the student-major row blocks ([`nanonet_hf.block_lora`]).
 """
 
 import contextlib
@@ -29,6 +33,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel
 
 from .bias_students import StudentBiases
+from .block_lora import BASE_ROWS, block_lora_update, supports_block_lora
 from .views import StudentViews
 
 STUDENT_PREFIX = "student_"
@@ -205,7 +210,10 @@ class StudentCohort(nn.Module):
         self._views: StudentViews | None = None  # the views of the last forward, kept like the routing
         self.teacher: PreTrainedModel | None = None  # an online teacher (`attach_teacher`)
         for module in peft_model.modules():
-            if isinstance(module, (LoraLayer, AuxiliaryTrainingWrapper)):
+            if supports_block_lora(module, self.student_names):  # PEFT runs the base layer, the cohort adds LoRA
+                module.register_forward_pre_hook(self._route_to_base, with_kwargs=True)
+                module.register_forward_hook(self._add_block_lora, with_kwargs=True)
+            elif isinstance(module, (LoraLayer, AuxiliaryTrainingWrapper)):
                 module.register_forward_pre_hook(self._route, with_kwargs=True)
         # bias-only students: per-student offsets of the adapted layers' biases (a submodule, so they train and save)
         self.student_biases = None
@@ -325,6 +333,17 @@ class StudentCohort(nn.Module):
         if self._routing is not None:
             kwargs["adapter_names"] = self._routing
         return args, kwargs
+
+    def _route_to_base(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        if self._routing is not None:
+            kwargs["adapter_names"] = [BASE_ROWS] * len(self._routing)
+        return args, kwargs
+
+    def _add_block_lora(self, module: nn.Module, args: tuple, kwargs: dict, output: torch.Tensor):
+        if self._routing is None:
+            return None
+        hidden = args[0] if args else kwargs["x"]
+        return output + block_lora_update(module, hidden, self.student_names).to(output.dtype)
 
     def _enter_student_layer(self, module: nn.Module, args: tuple, kwargs: dict, *, first: bool) -> tuple[tuple, dict]:
         """Pre-hook of each adapted layer. Repeats the B-row inputs (the trunk's hidden states at the first adapted
