@@ -1,7 +1,7 @@
 """Inference latency and throughput of an exported student vs its teacher and the uncut base, side by side.
 
     python benchmarks/inference.py                        # half-depth student of the packaged MiniLM-L6 on TREC-6 texts
-    python benchmarks/inference.py --teacher PATH         # also time another teacher (e.g. an MPNet classifier folder)
+    python benchmarks/inference.py --teacher sentence-transformers/all-mpnet-base-v2   # also time the MPNet teacher
     python benchmarks/inference.py --tiny --repeats 3     # a tiny random BERT: a smoke run
 
 The student is exported exactly as the recipe exports it (`export_student`: LoRA merged into the cut base, a plain
@@ -62,7 +62,8 @@ def run(args, base_path: str, folder: str) -> dict:
         "uncut base = default teacher (full depth)": (base_path, tokenizer),
     }
     if args.teacher:
-        models["teacher " + args.teacher] = (args.teacher, AutoTokenizer.from_pretrained(args.teacher))
+        teacher_path = resolve_model_path(args.teacher)  # a folder, or a packaged id such as the MPNet teacher's
+        models["teacher " + args.teacher] = (teacher_path, AutoTokenizer.from_pretrained(teacher_path))
     loaded = {}
     for name, (path, model_tokenizer) in models.items():
         # the uncut base may carry a head for another label count (the --tiny model has 2): timing needs none of it
@@ -111,7 +112,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-path", default="sentence-transformers/all-MiniLM-L6-v2")
     parser.add_argument("--student-layers", type=int, default=3, help="depth of the student (default: half of 6)")
-    parser.add_argument("--teacher", help="another teacher folder to time, e.g. an MPNet classifier")
+    parser.add_argument("--teacher", help="another teacher to time: a folder or a packaged id (the MPNet body)")
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=3)

@@ -353,12 +353,32 @@ class MixedBatchSampler(Sampler[int]):
     unlabeled rows; one epoch is one pass over the unlabeled pool. With no unlabeled row, batches are all labeled.
     The order depends only on `seed` and the epoch (`set_epoch`, called by Trainer), so a resumed run sees the same
     batches. Trainer cuts the index stream into batches, and accelerate hands whole batches to each process.
+
+    With `lengths` (token counts of every row; Trainer's `train_sampling_strategy="group_by_length"`), batches hold rows of similar length, so
+    dynamic padding pads less: within each window of `group_window` batches the unlabeled rows are sorted by length
+    and cut into batches, each pass over the labeled rows is sorted the same way (so a batch never holds a labeled
+    row twice), the labeled parts are paired with the unlabeled parts by length, and the window's batches are then
+    shuffled. The rows of an epoch are the same as without grouping; only which rows share a batch changes.
     """
 
-    def __init__(self, num_labeled: int, num_unlabeled: int, *, batch_size: int, unlabeled_ratio: float, seed: int):
+    def __init__(
+        self,
+        num_labeled: int,
+        num_unlabeled: int,
+        *,
+        batch_size: int,
+        unlabeled_ratio: float,
+        seed: int,
+        lengths: Sequence[int] | None = None,
+        group_window: int = 50,
+    ):
         if num_labeled < 1:
             raise ValueError("MixedBatchSampler needs at least one labeled row.")
+        if lengths is not None and len(lengths) != num_labeled + num_unlabeled:
+            raise ValueError(f"lengths has {len(lengths)} entries for {num_labeled + num_unlabeled} rows")
         self.num_labeled, self.num_unlabeled, self.batch_size, self.seed = num_labeled, num_unlabeled, batch_size, seed
+        self.lengths = None if lengths is None else np.asarray(lengths)
+        self.group_window = group_window
         if num_unlabeled == 0:
             self.labeled_per_batch = batch_size
         else:
@@ -376,19 +396,38 @@ class MixedBatchSampler(Sampler[int]):
     def __len__(self) -> int:
         return self.num_batches * self.batch_size
 
-    @staticmethod
-    def _stream(rng: np.random.Generator, size: int, offset: int) -> Iterator[int]:
-        while True:  # endless reshuffled passes
-            yield from (offset + rng.permutation(size)).tolist()
+    def _stream(self, rng: np.random.Generator, size: int, offset: int, sort_passes: bool = False) -> Iterator[int]:
+        while True:  # endless reshuffled passes (each sorted by length, ties in random order, when asked)
+            rows = offset + rng.permutation(size)
+            if sort_passes:
+                rows = rows[np.argsort(self.lengths[rows], kind="stable")]
+            yield from rows.tolist()
 
     def __iter__(self) -> Iterator[int]:
         rng = np.random.default_rng([self.seed, self.epoch])
-        labeled = self._stream(rng, self.num_labeled, 0)
+        grouped = self.lengths is not None
+        labeled = self._stream(rng, self.num_labeled, 0, sort_passes=grouped)
         unlabeled = self._stream(rng, self.num_unlabeled, self.num_labeled) if self.num_unlabeled else None
-        for _ in range(self.num_batches):
-            yield from (next(labeled) for _ in range(self.labeled_per_batch))
-            if unlabeled is not None:
-                yield from (next(unlabeled) for _ in range(self.unlabeled_per_batch))
+        for start in range(0, self.num_batches, self.group_window if grouped else 1):
+            count = min(self.group_window if grouped else 1, self.num_batches - start)
+            parts = [[next(labeled) for _ in range(self.labeled_per_batch)] for _ in range(count)]
+            rest = [[next(unlabeled) for _ in range(self.unlabeled_per_batch)] for _ in range(count)] if unlabeled else None
+            if grouped:
+                parts, rest = self._group(rng, parts, rest)
+            for index in range(count):
+                yield from parts[index]
+                if rest is not None:
+                    yield from rest[index]
+
+    def _group(self, rng: np.random.Generator, parts: list[list[int]], rest: list[list[int]] | None):
+        """One window of batches regrouped by length (see the class doc), in shuffled order."""
+        parts = sorted(parts, key=lambda part: self.lengths[part].max())
+        if rest is not None:
+            rows = np.concatenate(rest)
+            rows = rows[np.argsort(self.lengths[rows], kind="stable")].tolist()
+            rest = [rows[i : i + self.unlabeled_per_batch] for i in range(0, len(rows), self.unlabeled_per_batch)]
+        order = rng.permutation(len(parts))
+        return [parts[i] for i in order], None if rest is None else [rest[i] for i in order]
 
 
 class CohortCollator:

@@ -121,6 +121,11 @@ class MutualDistillationTrainer(Trainer):
                              "the `teacher_logits` column (nanonet_hf.add_teacher_logits).")
 
         # ---- data ----
+        if args.train_sampling_strategy not in ("random", "group_by_length"):
+            raise ValueError(
+                f"train_sampling_strategy={args.train_sampling_strategy!r} is not supported: every batch mixes "
+                "labeled and unlabeled rows in a seeded order (MixedBatchSampler). Use 'random' or 'group_by_length'."
+            )
         if data_collator is None:
             if processing_class is None:
                 raise ValueError("Pass processing_class (the tokenizer) or a data_collator.")
@@ -160,12 +165,24 @@ class MutualDistillationTrainer(Trainer):
         num_labeled = sum(label != IGNORE_INDEX for label in labels)
         if any(label != IGNORE_INDEX for label in labels[num_labeled:]):
             raise ValueError("The training dataset must hold its labeled rows first; build it with `training_dataset`.")
+        lengths = None
+        if self.args.train_sampling_strategy == "group_by_length":  # batches of similar lengths: less padding
+            if self.args.length_column_name in train_dataset.column_names:
+                lengths = train_dataset[self.args.length_column_name]
+            elif "input_ids" in train_dataset.column_names:
+                lengths = [len(ids) for ids in train_dataset["input_ids"]]
+            else:
+                raise ValueError(
+                    f"group_by_length needs token counts: a `{self.args.length_column_name}` column "
+                    "(`length_column_name`) or tokenized `input_ids` in the training dataset."
+                )
         return MixedBatchSampler(
             num_labeled,
             len(labels) - num_labeled,
             batch_size=self.args.per_device_train_batch_size,
             unlabeled_ratio=self.args.unlabeled_ratio,
             seed=self.args.seed,
+            lengths=lengths,
         )
 
     # ---- loss ----
@@ -183,12 +200,16 @@ class MutualDistillationTrainer(Trainer):
         model_inputs = {key: inputs[key] for key in MODEL_INPUT_NAMES if key in inputs}
         cohort = self.accelerator.unwrap_model(model)
         teacher_loss = None
+        # Trainer's --bf16/--fp16 autocast (accelerate's) wraps the prepared model's forward only; the online teacher
+        # and the adversarial view call the unwrapped cohort, so they enter it here
         if cohort.teacher is not None:  # online teacher: learns from the labels now, its live logits are the target
-            live = cohort.teacher(**model_inputs).logits  # [B, C]
+            with self.accelerator.autocast():
+                live = cohort.teacher(**model_inputs).logits.float()  # [B, C]
             teacher_loss = supervised_loss(live[:, None], labels)[0]
             teacher_logits = live.detach()
         unlabeled = labels == IGNORE_INDEX  # distillation, from the teacher or the students, on these rows only
-        views = self._views(cohort, model_inputs, labels, unlabeled, teacher_logits) if model.training else None
+        with self.accelerator.autocast():
+            views = self._views(cohort, model_inputs, labels, unlabeled, teacher_logits) if model.training else None
         logits = model(**model_inputs, views=views)  # [B, K, C]
         if teacher_loss is not None and args.lambda_teacher_mutual > 0:
             from_students = distillation_loss(live[:, None], logits.detach().mean(dim=1), temperature=args.temperature, weights=unlabeled)[0]
@@ -249,7 +270,7 @@ class MutualDistillationTrainer(Trainer):
         noise.requires_grad_(True)
         views.perturbation = noise
         try:
-            logits = cohort(**model_inputs, views=views)
+            logits = cohort(**model_inputs, views=views).float()
             loss = supervised_loss(logits, labels)
             if teacher_logits is not None:
                 loss = loss + distillation_loss(logits, teacher_logits, temperature=self.args.temperature, weights=unlabeled)

@@ -130,6 +130,39 @@ def test_mixed_batch_sampler_depends_only_on_seed_and_epoch():
     assert order(0, 0) != order(0, 1) and order(0, 0) != order(1, 0)
 
 
+def batches_of(sampler):
+    order = list(sampler)
+    return [order[i : i + sampler.batch_size] for i in range(0, len(order), sampler.batch_size)]
+
+
+@pytest.mark.parametrize("num_labeled, num_unlabeled", [(12, 400), (40, 0)])
+def test_length_grouped_batches_pad_less_and_keep_the_epochs_rows(num_labeled, num_unlabeled):
+    lengths = np.random.default_rng(0).integers(4, 64, num_labeled + num_unlabeled)
+    settings = {"batch_size": 8, "unlabeled_ratio": 3.0, "seed": 0}
+    plain = MixedBatchSampler(num_labeled, num_unlabeled, **settings)
+    grouped = MixedBatchSampler(num_labeled, num_unlabeled, **settings, lengths=lengths, group_window=10)
+    plain_batches, grouped_batches = batches_of(plain), batches_of(grouped)
+    assert len(grouped_batches) == len(plain_batches)
+    padded = [sum(lengths[batch].max() * len(batch) for batch in batches) for batches in (plain_batches, grouped_batches)]
+    assert padded[1] < 0.8 * padded[0]  # measured: 0.68 and 0.66 of the ungrouped padding
+    for batch in grouped_batches:
+        labeled = [i for i in batch if i < num_labeled]
+        assert len(labeled) == grouped.labeled_per_batch
+        assert len(set(labeled)) == len(labeled)  # each labeled pass is sorted on its own: no row twice in a batch
+    if num_unlabeled:
+        unlabeled = {i for batch in grouped_batches for i in batch if i >= num_labeled}
+        assert unlabeled == set(range(num_labeled, num_labeled + num_unlabeled))  # the epoch covers the pool
+    again = MixedBatchSampler(num_labeled, num_unlabeled, **settings, lengths=lengths, group_window=10)
+    assert batches_of(again) == grouped_batches
+    again.set_epoch(1)
+    assert batches_of(again) != grouped_batches
+
+
+def test_length_grouping_needs_one_length_per_row():
+    with pytest.raises(ValueError, match="lengths has 5 entries for 6 rows"):
+        MixedBatchSampler(2, 4, batch_size=4, unlabeled_ratio=1.0, seed=0, lengths=[3] * 5)
+
+
 def test_collator_pads_and_keeps_labels_and_teacher_logits(tokenizer):
     rows = Dataset.from_dict(
         {"text": ["goal", "spicy pasta for dinner"], "labels": [0, IGNORE_INDEX], "teacher_logits": [[1.0, 0, 0], [0, 2.0, 0]]}

@@ -4,6 +4,7 @@ import os
 import pytest
 import safetensors.torch
 import torch
+from transformers import AutoModelForSequenceClassification
 
 from nanonet_hf import MutualDistillationConfig, MutualDistillationTrainer, StudentCohort
 from nanonet_hf.data import CohortCollator, sample_per_class, tokenize, training_dataset
@@ -226,3 +227,42 @@ def test_last_complete_checkpoint_skips_folders_without_trainer_state(tmp_path):
     (tmp_path / "checkpoint-8.partial").mkdir()
     assert last_complete_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-4")
     assert last_complete_checkpoint(str(tmp_path / "missing")) is None
+
+
+def test_group_by_length_hands_the_sampler_token_counts(tiny_model_dir, tokenizer, datasets, tmp_path):
+    train, _ = datasets
+    args = make_args(tmp_path, train_sampling_strategy="group_by_length")
+    trainer = make_trainer(tiny_model_dir, tokenizer, args, train)
+    assert trainer._get_train_sampler().lengths.tolist() == [len(ids) for ids in train["input_ids"]]
+    trainer.train()
+    assert all(math.isfinite(entry["loss"]) for entry in trainer.state.log_history if "loss" in entry)
+
+
+@pytest.mark.parametrize("extra", [{}, {"online_teacher": True, "student_views": ["cutoff", "adversarial", "dropout"]}])
+def test_bf16_runs_the_students_in_bfloat16_and_keeps_their_weights_float32(tiny_model_dir, tokenizer, datasets, tmp_path, extra):
+    train, _ = datasets
+    args = make_args(tmp_path, bf16=True, **extra)
+    cohort = StudentCohort.from_pretrained(tiny_model_dir, id2label=ID2LABEL, num_students=3, lora_config=args.lora_config())
+    teacher = None
+    if extra:  # an online teacher: it runs outside the prepared model's forward, under the trainer's autocast
+        teacher = AutoModelForSequenceClassification.from_pretrained(
+            tiny_model_dir, id2label=ID2LABEL, label2id={v: k for k, v in ID2LABEL.items()}, ignore_mismatched_sizes=True
+        )
+    trainer = MutualDistillationTrainer(model=cohort, args=args, train_dataset=train, processing_class=tokenizer, teacher_model=teacher)
+    lora = next(module for module in trainer.model.modules() if hasattr(module, "lora_A"))
+    dtypes = set()
+    lora.register_forward_hook(lambda module, args, output: dtypes.add(output.dtype))
+    if teacher is not None:
+        teacher.classifier.register_forward_hook(lambda module, args, output: dtypes.add(output.dtype))
+    before = {name: t.clone() for name, t in trainer.model.trainable_state_dict().items()}
+    trainer.train()
+    assert dtypes == {torch.bfloat16}
+    after = trainer.model.trainable_state_dict()
+    assert all(t.dtype == torch.float32 and not torch.equal(before[name], t) for name, t in after.items())
+    assert all(math.isfinite(entry["loss"]) for entry in trainer.state.log_history if "loss" in entry)
+
+
+def test_sampling_strategies_that_cannot_mix_batches_are_refused(tiny_model_dir, tokenizer, datasets, tmp_path):
+    train, _ = datasets
+    with pytest.raises(ValueError, match="train_sampling_strategy='sequential' is not supported"):
+        make_trainer(tiny_model_dir, tokenizer, make_args(tmp_path, train_sampling_strategy="sequential"), train)
