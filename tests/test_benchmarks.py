@@ -40,3 +40,31 @@ def test_accuracy_benchmark_quick_mode_writes_table_json_and_plot(tmp_path):
     table = (tmp_path / "accuracy.md").read_text()
     assert "| nanonet: chosen student |" in table
     assert (tmp_path / "accuracy.png").stat().st_size > 10_000
+
+
+def test_merging_result_files_keeps_every_run_and_command_and_refuses_overlap(tmp_path):
+    spec = importlib.util.spec_from_file_location("accuracy_benchmark", os.path.join(ROOT, "benchmarks", "accuracy.py"))
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+
+    def saved(name, budget, accuracies):
+        runs = [
+            {"dataset": "trec6", "labels_per_class": budget, "seed": 0, "method": method, "accuracy": accuracy,
+             "macro_f1": accuracy, "wall_s": 1.0, "note": "", "extra": {}}
+            for method, accuracy in accuracies.items()
+        ]  # fmt: skip
+        path = tmp_path / name
+        path.write_text(json.dumps({"command": f"python benchmarks/accuracy.py --labels_per_class {budget}", "runs": runs}))
+        return str(path)
+
+    ten = saved("ten.json", 10, {"majority class": 0.2, "nanonet: chosen student": 0.8})
+    fifty = saved("fifty.json", 50, {"majority class": 0.2, "nanonet: chosen student": 0.9})
+    runs = benchmark.main(["--merge", ten, fifty, "--out", str(tmp_path / "merged")])
+    assert len(runs) == 4
+    merged = json.loads((tmp_path / "merged" / "accuracy.json").read_text())
+    assert merged["commands"] == ["python benchmarks/accuracy.py --labels_per_class 10", "python benchmarks/accuracy.py --labels_per_class 50"]
+    table = (tmp_path / "merged" / "accuracy.md").read_text()
+    assert "80.00" in table and "90.00" in table and "--labels_per_class 50" in table
+    assert (tmp_path / "merged" / "accuracy.png").stat().st_size > 10_000
+    with pytest.raises(ValueError, match="both hold"):
+        benchmark.main(["--merge", ten, ten, "--out", str(tmp_path / "again")])
