@@ -408,8 +408,9 @@ class MixedBatchSampler(Sampler[int]):
         grouped = self.lengths is not None
         labeled = self._stream(rng, self.num_labeled, 0, sort_passes=grouped)
         unlabeled = self._stream(rng, self.num_unlabeled, self.num_labeled) if self.num_unlabeled else None
-        for start in range(0, self.num_batches, self.group_window if grouped else 1):
-            count = min(self.group_window if grouped else 1, self.num_batches - start)
+        window = self.group_window if grouped else 1  # batches drawn (and regrouped) together
+        for start in range(0, self.num_batches, window):
+            count = min(window, self.num_batches - start)
             parts = [[next(labeled) for _ in range(self.labeled_per_batch)] for _ in range(count)]
             rest = [[next(unlabeled) for _ in range(self.unlabeled_per_batch)] for _ in range(count)] if unlabeled else None
             if grouped:

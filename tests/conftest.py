@@ -123,15 +123,22 @@ def datasets(toy_pool, tokenizer):
     return tokenize(train, tokenizer, 16), evaluation
 
 
+def load_script(*path: str):
+    """Import a script of the repository (not a package module), e.g. `load_script("benchmarks", "accuracy.py")`."""
+    import importlib.util
+
+    name = "nanonet_script_" + "_".join(path).removesuffix(".py")
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, *path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tiny_model_dir, tmp_path_factory) -> str:
     """A finished `recipes/train.py` run on the tiny model: results.json, student/ with its card and learning curve,
     student_adapter/, student_base/."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("nanonet_recipe_train", os.path.join(ROOT, "recipes", "train.py"))
-    recipe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(recipe)
+    recipe = load_script("recipes", "train.py")
     folder = tmp_path_factory.mktemp("run")
     pool, test = write_toy_files(folder)
     run = folder / "out"

@@ -1,20 +1,16 @@
 """The accuracy benchmark's smoke mode runs end to end on the real packaged model (figures are not checked here:
 they live in benchmarks/results/)."""
 
-import importlib.util
 import json
-import os
 
 import pytest
 
-from .conftest import ROOT
+from .conftest import load_script
 
 
 @pytest.mark.slow
 def test_accuracy_benchmark_quick_mode_writes_table_json_and_plot(tmp_path):
-    spec = importlib.util.spec_from_file_location("accuracy_benchmark", os.path.join(ROOT, "benchmarks", "accuracy.py"))
-    benchmark = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(benchmark)
+    benchmark = load_script("benchmarks", "accuracy.py")
     runs = benchmark.main(["--quick", "--out", str(tmp_path)])
 
     methods = {run.method for run in runs}
@@ -43,9 +39,7 @@ def test_accuracy_benchmark_quick_mode_writes_table_json_and_plot(tmp_path):
 
 
 def test_merging_result_files_keeps_every_run_and_command_and_refuses_overlap(tmp_path):
-    spec = importlib.util.spec_from_file_location("accuracy_benchmark", os.path.join(ROOT, "benchmarks", "accuracy.py"))
-    benchmark = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(benchmark)
+    benchmark = load_script("benchmarks", "accuracy.py")
 
     def saved(name, budget, accuracies):
         runs = [

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from .conftest import write_jsonl
+from .conftest import load_script, write_jsonl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "recipes"))
@@ -142,12 +142,9 @@ def test_recipe_with_bias_students_views_an_online_teacher_and_generated_text(ti
 def test_quality_config_holds_the_accuracy_benchmarks_settings():
     """recipes/configs/trec6_quality.yaml is what benchmarks/results/accuracy.md calls nanonet: the committed command's
     settings (the default YAML, its overrides and --set values) and the teacher agree with the config."""
-    import importlib.util
     import shlex
 
-    spec = importlib.util.spec_from_file_location("accuracy_benchmark", os.path.join(ROOT, "benchmarks", "accuracy.py"))
-    benchmark = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(benchmark)
+    benchmark = load_script("benchmarks", "accuracy.py")
     saved = json.loads(open(os.path.join(ROOT, "benchmarks", "results", "accuracy.json")).read())
     script_args, training_args = recipe.parse_args(["--config", os.path.join(ROOT, "recipes", "configs", "trec6_quality.yaml")])
     for command in saved.get("commands", [saved.get("command")]):  # every run merged into the committed results
