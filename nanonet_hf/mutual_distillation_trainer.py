@@ -207,6 +207,8 @@ class MutualDistillationTrainer(Trainer):
                 live = cohort.teacher(**model_inputs).logits.float()  # [B, C]
             teacher_loss = supervised_loss(live[:, None], labels)[0]
             teacher_logits = live.detach()
+        if teacher_logits is not None and args.teacher_temperature != 1.0:  # sharpen (< 1) or soften the teacher
+            teacher_logits = teacher_logits.float() / args.teacher_temperature
         unlabeled = labels == IGNORE_INDEX  # distillation, from the teacher or the students, on these rows only
         with self.accelerator.autocast():
             views = self._views(cohort, model_inputs, labels, unlabeled, teacher_logits) if model.training else None

@@ -163,6 +163,7 @@ def test_trainer_builds_the_cohort_from_a_model_path(tiny_model_dir, datasets, t
         ({"adapter_type": "ia3"}, "adapter_type='ia3' cannot train a cohort"),
         ({"mutual_loss": "cosine"}, "mutual_loss"),
         ({"student_layers": "two"}, "student_layers"),
+        ({"teacher_temperature": 0}, "teacher_temperature must be > 0"),
     ],
 )
 def test_config_refuses_bad_values(tmp_path, overrides, message):
@@ -266,3 +267,17 @@ def test_sampling_strategies_that_cannot_mix_batches_are_refused(tiny_model_dir,
     train, _ = datasets
     with pytest.raises(ValueError, match="train_sampling_strategy='sequential' is not supported"):
         make_trainer(tiny_model_dir, tokenizer, make_args(tmp_path, train_sampling_strategy="sequential"), train)
+
+
+def test_teacher_temperature_divides_the_teacher_logits_before_distillation(tiny_model_dir, tokenizer, datasets, tmp_path):
+    train, _ = datasets
+    doubled = train.map(lambda row: {"teacher_logits": [2 * value for value in row["teacher_logits"]]})
+    losses = {}
+    for name, data, teacher_temperature in (("doubled", doubled, 1.0), ("halved", train, 0.5), ("as is", train, 1.0)):
+        trainer = make_trainer(tiny_model_dir, tokenizer, make_args(tmp_path, teacher_temperature=teacher_temperature), data)
+        batch = next(iter(trainer.get_train_dataloader()))  # the same seeded batch each time
+        trainer.model.eval()  # no dropout: the three losses differ by their targets only
+        with torch.no_grad():
+            losses[name] = trainer.compute_loss(trainer.model, batch).item()
+    assert losses["halved"] == pytest.approx(losses["doubled"], rel=1e-5)
+    assert losses["halved"] != pytest.approx(losses["as is"], rel=1e-3)
