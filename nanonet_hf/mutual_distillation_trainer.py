@@ -50,8 +50,8 @@ class MutualDistillationTrainer(Trainer):
     and the step minimises Σ_k L^k. Teacher logits `t` come precomputed in a `teacher_logits` column (see
     [`nanonet_hf.teacher.add_teacher_logits`]); without that column the KD term is off. With `args.online_teacher`,
     `teacher_model` trains along (cross-entropy on the labeled rows, optionally distillation from the students) and
-    its live logits are `t`. With `args.student_views`, student k sees its own view of the batch
-    ([`nanonet_hf.views`]) in training.
+    its live logits are `t`. Either is divided by `args.teacher_temperature` first. With `args.student_views`,
+    student k sees its own view of the batch ([`nanonet_hf.views`]) in training.
 
     Args:
         model ([`StudentCohort`] or `str`):

@@ -41,9 +41,9 @@ def test_accuracy_benchmark_quick_mode_writes_table_json_and_plot(tmp_path):
 def test_merging_result_files_keeps_every_run_and_command_and_refuses_overlap(tmp_path):
     benchmark = load_script("benchmarks", "accuracy.py")
 
-    def saved(name, budget, accuracies):
+    def saved(name, budget, accuracies, seed=0):
         runs = [
-            {"dataset": "trec6", "labels_per_class": budget, "seed": 0, "method": method, "accuracy": accuracy,
+            {"dataset": "trec6", "labels_per_class": budget, "seed": seed, "method": method, "accuracy": accuracy,
              "macro_f1": accuracy, "wall_s": 1.0, "note": "", "extra": {}}
             for method, accuracy in accuracies.items()
         ]  # fmt: skip
@@ -53,12 +53,17 @@ def test_merging_result_files_keeps_every_run_and_command_and_refuses_overlap(tm
 
     ten = saved("ten.json", 10, {"majority class": 0.2, "nanonet: chosen student": 0.8})
     fifty = saved("fifty.json", 50, {"majority class": 0.2, "nanonet: chosen student": 0.9})
-    runs = benchmark.main(["--merge", ten, fifty, "--out", str(tmp_path / "merged")])
-    assert len(runs) == 4
+    ten_seed_1 = saved("ten_seed_1.json", 10, {"majority class": 0.3}, seed=1)  # a later seed of some methods only
+    runs = benchmark.main(["--merge", ten, fifty, ten_seed_1, "--out", str(tmp_path / "merged")])
+    assert len(runs) == 5
     merged = json.loads((tmp_path / "merged" / "accuracy.json").read_text())
-    assert merged["commands"] == ["python benchmarks/accuracy.py --labels_per_class 10", "python benchmarks/accuracy.py --labels_per_class 50"]
+    assert merged["commands"] == [f"python benchmarks/accuracy.py --labels_per_class {budget}" for budget in (10, 50, 10)]
     table = (tmp_path / "merged" / "accuracy.md").read_text()
     assert "80.00" in table and "90.00" in table and "--labels_per_class 50" in table
+    assert "### trec6, 10 labels per class (seeds 0, 1)" in table
+    assert "| majority class | 25.00 ± 7.07 |" in table  # both seeds: mean ± std
+    assert "| nanonet: chosen student (seed 0 only) | 80.00 |" in table  # the row says it has fewer seeds than its group
+    assert "| nanonet: chosen student | 90.00 |" in table
     assert (tmp_path / "merged" / "accuracy.png").stat().st_size > 10_000
     with pytest.raises(ValueError, match="both hold"):
         benchmark.main(["--merge", ten, ten, "--out", str(tmp_path / "again")])

@@ -152,7 +152,7 @@ def test_quality_config_holds_the_accuracy_benchmarks_settings():
         settings = benchmark.nanonet_settings(args)
         for key in ("num_students", "lora_r", "lora_alpha", "student_views", "temperature", "lambda_kd", "lambda_mut",
                     "max_steps", "learning_rate", "per_device_train_batch_size", "unlabeled_ratio", "max_length",
-                    "train_sampling_strategy"):  # fmt: skip
+                    "train_sampling_strategy", "teacher_temperature"):  # fmt: skip
             assert getattr(training_args, key) == settings[key], key
         assert sorted(training_args.lora_target_modules) == sorted(settings["lora_target_modules"])
         assert script_args.teacher_type == "setfit" and args.teacher == "SetFit MiniLM-L6"
