@@ -150,6 +150,8 @@ class MutualDistillationTrainer(Trainer):
             callbacks=callbacks,
             optimizers=optimizers,
         )
+        if args.train_sampling_strategy == "group_by_length" and train_dataset is not None:
+            self._length_column(train_dataset)  # a dataset without token counts fails here, before any training
 
     # ---- data ----
 
@@ -159,6 +161,16 @@ class MutualDistillationTrainer(Trainer):
         if self._signature_columns is None:
             self._signature_columns = [*MODEL_INPUT_NAMES, "labels", "teacher_logits"]
 
+    def _length_column(self, train_dataset: Dataset) -> str:
+        """The column that gives group_by_length its token counts: `length_column_name`, else `input_ids`."""
+        for column in (self.args.length_column_name, "input_ids"):
+            if column in train_dataset.column_names:
+                return column
+        raise ValueError(
+            f"group_by_length needs token counts: a `{self.args.length_column_name}` column "
+            "(`length_column_name`) or tokenized `input_ids` in the training dataset."
+        )
+
     def _get_train_sampler(self, train_dataset: Dataset | None = None):
         train_dataset = train_dataset if train_dataset is not None else self.train_dataset
         labels = train_dataset["labels"]
@@ -167,15 +179,8 @@ class MutualDistillationTrainer(Trainer):
             raise ValueError("The training dataset must hold its labeled rows first; build it with `training_dataset`.")
         lengths = None
         if self.args.train_sampling_strategy == "group_by_length":  # batches of similar lengths: less padding
-            if self.args.length_column_name in train_dataset.column_names:
-                lengths = train_dataset[self.args.length_column_name]
-            elif "input_ids" in train_dataset.column_names:
-                lengths = [len(ids) for ids in train_dataset["input_ids"]]
-            else:
-                raise ValueError(
-                    f"group_by_length needs token counts: a `{self.args.length_column_name}` column "
-                    "(`length_column_name`) or tokenized `input_ids` in the training dataset."
-                )
+            column = self._length_column(train_dataset)
+            lengths = train_dataset[column] if column != "input_ids" else [len(ids) for ids in train_dataset[column]]
         return MixedBatchSampler(
             num_labeled,
             len(labels) - num_labeled,
