@@ -368,7 +368,9 @@ def write_results(runs: list[Run], header: str, commands: list[str], out: str) -
 
 def merge(paths: list[str], out: str) -> list[Run]:
     """One table, JSON and plot from the runs of several earlier result files (e.g. another labels-per-class budget
-    run later); every file's command is kept, and a run of the same setting and method in two files is refused."""
+    run later); every file's command is kept. A run of the same setting and method in two files is kept once when
+    both give the same figures (the baselines every run repeats, e.g. the majority class and the full fine-tune, are
+    deterministic on CPU) and refused when they differ."""
     runs, commands, seen = [], [], {}
     for path in paths:
         with open(path) as handle:
@@ -378,8 +380,14 @@ def merge(paths: list[str], out: str) -> list[Run]:
             run = Run(**row)
             key = (run.dataset, run.labels_per_class, run.seed, run.method)
             if key in seen:
-                raise ValueError(f"{path} and {seen[key]} both hold {key}: merge results of disjoint settings only")
-            seen[key] = path
+                earlier_path, earlier = seen[key]
+                if (earlier.accuracy, earlier.macro_f1) != (run.accuracy, run.macro_f1):
+                    raise ValueError(
+                        f"{path} and {earlier_path} both hold {key} with different figures (accuracy {run.accuracy} "
+                        f"vs {earlier.accuracy}): merge results of disjoint settings, or of runs that repeat one exactly"
+                    )
+                continue
+            seen[key] = path, run
             runs.append(run)
     header = "Accuracy benchmark, merged from:\n\n" + "\n".join(f"- `{command}`" for command in commands) + "\n"
     write_results(runs, header, commands, out)

@@ -38,7 +38,7 @@ def test_accuracy_benchmark_quick_mode_writes_table_json_and_plot(tmp_path):
     assert (tmp_path / "accuracy.png").stat().st_size > 10_000
 
 
-def test_merging_result_files_keeps_every_run_and_command_and_refuses_overlap(tmp_path):
+def test_merging_result_files_keeps_every_run_and_command_and_refuses_conflicts(tmp_path):
     benchmark = load_script("benchmarks", "accuracy.py")
 
     def saved(name, budget, accuracies, seed=0):
@@ -65,5 +65,12 @@ def test_merging_result_files_keeps_every_run_and_command_and_refuses_overlap(tm
     assert "| nanonet: chosen student (seed 0 only) | 80.00 |" in table  # the row says it has fewer seeds than its group
     assert "| nanonet: chosen student | 90.00 |" in table
     assert (tmp_path / "merged" / "accuracy.png").stat().st_size > 10_000
-    with pytest.raises(ValueError, match="both hold"):
-        benchmark.main(["--merge", ten, ten, "--out", str(tmp_path / "again")])
+    # a run repeated exactly in another file (the baselines every run repeats) is kept once
+    again = benchmark.main(["--merge", ten, fifty, ten_seed_1, ten, "--out", str(tmp_path / "again")])
+    assert [(r.labels_per_class, r.seed, r.method) for r in again] == [(r.labels_per_class, r.seed, r.method) for r in runs]
+    assert "| majority class | 25.00 ± 7.07 |" in (tmp_path / "again" / "accuracy.md").read_text()
+    # the same setting and method with different figures is refused, naming both files
+    ten_rerun = saved("ten_rerun.json", 10, {"majority class": 0.2, "nanonet: chosen student": 0.7})
+    with pytest.raises(ValueError, match=r"ten_rerun.json and .*ten.json both hold .*nanonet: chosen student.*0.7 vs 0.8"):
+        benchmark.main(["--merge", ten, ten_rerun, "--out", str(tmp_path / "refused")])
+    assert not (tmp_path / "refused").exists()  # refused before anything is written
