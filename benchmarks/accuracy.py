@@ -274,7 +274,7 @@ def summarize(runs: list[Run]) -> tuple[str, dict]:
 
 
 def plot(runs: list[Run], path: str) -> None:
-    """Accuracy against labels per class, one line per method, one panel per dataset."""
+    """Accuracy against labels per class, one line per method (bars: std over seeds), one panel per dataset."""
     import matplotlib
     from matplotlib.figure import Figure
 
@@ -291,8 +291,9 @@ def plot(runs: list[Run], path: str) -> None:
         for method, points in by_method.items():
             budgets = sorted(points)
             means = [np.mean(points[b]) for b in budgets]
-            axis.plot(budgets, means, marker="o", label=method, color=colors[method],
-                      linestyle="--" if "−" in method or "K=" in method else "-")  # fmt: skip
+            spreads = [np.std(points[b], ddof=1) if len(points[b]) > 1 else 0.0 for b in budgets]  # std over seeds
+            axis.errorbar(budgets, means, yerr=spreads, capsize=3, marker="o", label=method, color=colors[method],
+                          linestyle="--" if "−" in method or "K=" in method else "-")  # fmt: skip
         axis.set_title(dataset)
         axis.set_xlabel("labels per class")
         axis.set_ylabel("test accuracy (%)")
