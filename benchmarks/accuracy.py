@@ -246,6 +246,11 @@ def run_setting(dataset: str, labels_per_class: int, seed: int, args, methods: s
     return runs
 
 
+def seed_std(values) -> float | None:
+    """Sample standard deviation over seeds (the table's "± std" and the plot's bars); None from a single seed."""
+    return float(np.std(values, ddof=1)) if len(values) > 1 else None
+
+
 def summarize(runs: list[Run]) -> tuple[str, dict]:
     """Markdown table: one row per method, one column group per (dataset, labels per class); mean ± std over seeds."""
     groups: dict[tuple, dict[str, list[Run]]] = defaultdict(lambda: defaultdict(list))
@@ -265,11 +270,11 @@ def summarize(runs: list[Run]) -> tuple[str, dict]:
                     lines.append(f"| {method} | skipped | – | – |")
                 continue
             acc, f1 = np.array([r.accuracy for r in done]) * 100, np.array([r.macro_f1 for r in done]) * 100
-            spread = (lambda values: f" ± {values.std(ddof=1):.2f}" if len(values) > 1 else "")
+            spread = (lambda values: "" if seed_std(values) is None else f" ± {seed_std(values):.2f}")
             ran = sorted(run.seed for run in done)
             name = method if ran == seeds else f"{method} (seed{'s' * (len(ran) > 1)} {', '.join(map(str, ran))} only)"
             lines.append(f"| {name} | {acc.mean():.2f}{spread(acc)} | {f1.mean():.2f}{spread(f1)} | {np.mean([r.wall_s for r in done]):.0f} |")
-            summary.setdefault(f"{dataset}/{budget}", {})[method] = {"accuracy": acc.mean() / 100, "accuracy_std": float(acc.std(ddof=1)) / 100 if len(acc) > 1 else None, "macro_f1": f1.mean() / 100, "seeds": len(done)}
+            summary.setdefault(f"{dataset}/{budget}", {})[method] = {"accuracy": acc.mean() / 100, "accuracy_std": None if seed_std(acc) is None else seed_std(acc) / 100, "macro_f1": f1.mean() / 100, "seeds": len(done)}
     return "\n".join(lines), summary
 
 
@@ -291,7 +296,7 @@ def plot(runs: list[Run], path: str) -> None:
         for method, points in by_method.items():
             budgets = sorted(points)
             means = [np.mean(points[b]) for b in budgets]
-            spreads = [np.std(points[b], ddof=1) if len(points[b]) > 1 else 0.0 for b in budgets]  # std over seeds
+            spreads = [seed_std(points[b]) or 0.0 for b in budgets]
             axis.errorbar(budgets, means, yerr=spreads, capsize=3, marker="o", label=method, color=colors[method],
                           linestyle="--" if "−" in method or "K=" in method else "-")  # fmt: skip
         axis.set_title(dataset)
