@@ -15,8 +15,9 @@ class StudentBiases(nn.Module):
     """Per-student bias offsets for the biased `nn.Linear`/`nn.LayerNorm` modules of `layers[index]` for each
     `index` in `adapted`.
 
-    `rows` says how the hooked modules' rows map to students: `"blocks"` (K student-major blocks, the cohort's
-    forward), a student index (a single student's plain forward) or `None` (the frozen base alone).
+    `rows` says how the hooked modules' rows map to students: `"blocks"` (K student-major blocks of `total_rows` rows
+    in all, the cohort's forward), a student index (one student's rows: its plain forward, or its block inside a
+    module that runs per student) or `None` (the frozen base alone). The cohort's router sets it.
 
     Args:
         layers (`nn.ModuleList`): the encoder layers of the (cut) base.
@@ -29,6 +30,7 @@ class StudentBiases(nn.Module):
         self.num_students = num_students
         self.adapted = list(adapted)
         self.rows: str | int | None = None
+        self.total_rows: int | None = None
         self.deltas = nn.ParameterDict()
         self.paths: dict[str, tuple[int, str]] = {}  # key → (layer index, module path inside the layer)
         for index in self.adapted:
@@ -47,6 +49,11 @@ class StudentBiases(nn.Module):
                 return None
             delta = self.deltas[key].to(output.dtype)
             if self.rows == "blocks":
+                if output.shape[0] != self.total_rows:
+                    raise RuntimeError(
+                        f"A bias offset of {key} met a tensor of {output.shape[0]} rows during a cohort forward of "
+                        f"{self.total_rows} rows: it is not batch-major, so it cannot be routed per student."
+                    )
                 blocks = output.view(self.num_students, -1, *output.shape[1:])
                 shape = (self.num_students,) + (1,) * (output.dim() - 1) + (delta.shape[-1],)
                 return (blocks + delta.view(shape)).view(output.shape)

@@ -23,19 +23,23 @@ BASE_ROWS = "__base__"  # PEFT's adapter name for rows that take no adapter in a
 
 def supports_block_lora(module: nn.Module, names: Sequence[str]) -> bool:
     """Whether `module` is a plain LoRA Linear where every student in `names` is vanilla LoRA (no DoRA or other
-    variant, no bias on B) of one rank, so that `block_lora_update` computes exactly what PEFT would."""
+    variant) of one rank, with or without a bias on B (`lora_bias`) for all of them alike, so that
+    `block_lora_update` computes exactly what PEFT would."""
     if type(module) is not LoraLinear or not all(name in module.lora_A for name in names):
         return False
     if any(name in module.lora_variant for name in names):
         return False
-    if any(module.lora_B[name].bias is not None or module.lora_A[name].bias is not None for name in names):
+    if any(module.lora_A[name].bias is not None for name in names):
+        return False
+    if len({module.lora_B[name].bias is None for name in names}) != 1:
         return False
     return len({module.lora_A[name].weight.shape for name in names}) == 1
 
 
 def block_lora_update(module: LoraLinear, x: torch.Tensor, names: Sequence[str]) -> torch.Tensor:
     """`[K·B, ..., in]` inputs → the LoRA updates `[K·B, ..., out]` where row block k goes through student `names[k]`:
-    `lora_B(lora_A(dropout(x))) · scaling` for each block, as PEFT computes it."""
+    `lora_B(lora_A(dropout(x))) · scaling` for each block, as PEFT computes it. With one name, every row is that
+    student's, whatever the shape of `x` (a table shared by all rows, e.g. relative-position embeddings)."""
     num_students = len(names)
     if x.shape[0] % num_students:
         raise ValueError(f"{x.shape[0]} rows cannot be split into {num_students} student blocks")
@@ -52,4 +56,7 @@ def block_lora_update(module: LoraLinear, x: torch.Tensor, names: Sequence[str])
     lora_b = torch.stack([module.lora_B[name].weight for name in names]) * scaling[:, None, None]  # [K, out, r]
     dropped = dropped.to(lora_a.dtype).reshape(num_students, -1, x.shape[-1])  # [K, B·T, in]
     update = torch.bmm(torch.bmm(dropped, lora_a.transpose(1, 2)), lora_b.transpose(1, 2))  # [K, B·T, out]
+    if module.lora_B[names[0]].bias is not None:  # lora_bias: PEFT scales B's bias with the rest of the update
+        bias = torch.stack([module.lora_B[name].bias for name in names]) * scaling[:, None]  # [K, out]
+        update = update + bias[:, None, :]
     return update.reshape(*x.shape[:-1], -1)

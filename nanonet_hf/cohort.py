@@ -1,28 +1,19 @@
-"""A cohort of K students on ONE frozen base: build it, run every student in one forward, read its trainable state.
+"""A cohort of K students on ONE frozen base: build it, run every student in one forward, export its base.
 
-Each student is a LoRA adapter (named `student_0` … `student_{K-1}`) with its own copy of the classification head
-(PEFT's `modules_to_save`). Adapters may sit on the top layers only (`adapter_layers`); the layers below the first
-adapted layer are then a shared trunk. A forward runs the embeddings and the trunk ONCE on the batch (nothing there
-requires grad, so autograd records nothing), repeats the hidden states K times, student-major, at the first adapted
-layer, and routes row block k through adapter k and head k with PEFT's mixed adapter batch.
-
-PEFT only allows mixed adapter batches at inference: `LoraModel._enable_peft_forward_hooks` refuses `adapter_names`
-in training mode, and removes its hooks when the forward returns. Under gradient checkpointing the backward pass
-re-runs the forward of each layer, and a hook that is gone by then routes every row through the active adapter,
-which silently gives wrong gradients. So the cohort registers the same kind of pre-hook itself, once, on every
-`LoraLayer` and head wrapper, and keeps the routing of the last forward until `release_routing()` (called by the
-trainer after `backward()`) or until the next forward replaces it.
-
-On plain LoRA Linear layers (all of them, with the usual configs) PEFT's per-adapter gather/scatter is skipped: the
-rows go to PEFT as `"__base__"` rows (base layer only) and a forward hook adds the K students' updates with two
-batched matmuls over the student-major row blocks ([`nanonet_hf.block_lora`]).
+Each student is an adapter (LoRA, named `student_0` … `student_{K-1}`, or bias offsets) with its own copy of the
+classification head (PEFT's `modules_to_save`). Adapters may sit on the top layers only (`adapter_layers`); the
+layers below the first adapted layer are then a shared trunk. A forward runs the embeddings and the trunk ONCE on the
+batch (nothing there requires grad, so autograd records nothing), repeats what the adapted layers need K times,
+student-major, and routes row block k through adapter k and head k ([`nanonet_hf.routing`]). What differs between
+architectures (where the layers are, the head, the positions) is one table, [`nanonet_hf.architectures`].
 """
 
 import contextlib
 import copy
-import functools
+import logging
 import os
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from peft import LoraConfig, PeftConfig, PeftModel, TaskType, get_peft_model
@@ -32,9 +23,12 @@ from peft.utils.other import AuxiliaryTrainingWrapper
 from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel
 
+from .architectures import Architecture, architecture_of
 from .bias_students import StudentBiases
-from .block_lora import BASE_ROWS, block_lora_update, supports_block_lora
+from .routing import CohortRouter, plain_state_dict
 from .views import StudentViews
+
+logger = logging.getLogger(__name__)
 
 STUDENT_PREFIX = "student_"
 ADAPTER_TYPES = ("lora", "bias")
@@ -63,18 +57,18 @@ def parse_student_layers(
     return [int(index) for index in value]
 
 
-def _encoder_layers(model: PreTrainedModel) -> nn.ModuleList:
-    """The `nn.ModuleList` that holds the encoder's `num_hidden_layers` blocks (`bert.encoder.layer` and the like)."""
-    num_layers = model.config.num_hidden_layers
-    for _, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) == num_layers:
-            return module
-    raise ValueError(
-        f"Cannot find the {num_layers} encoder layers of {type(model).__name__}, so `student_layers` cannot cut it."
-    )
+def encoder_layers(model: PreTrainedModel) -> nn.ModuleList:
+    """The `nn.ModuleList` of a classification model's encoder layers, where the architecture table says they are."""
+    architecture = architecture_of(model.config)
+    layers = model.get_submodule(architecture.layers)
+    if not isinstance(layers, nn.ModuleList):
+        raise ValueError(f"{architecture.layers} of {type(model).__name__} is not the list of encoder layers.")
+    return layers
 
 
-def select_layers(num_layers: int, student_layers: int | Sequence[int] | None) -> list[int]:
+def select_layers(
+    num_layers: int, student_layers: int | Sequence[int] | None, architecture: Architecture | None = None
+) -> list[int]:
     """Indices of the layers to keep out of `num_layers`: a count N keeps the first N, a list keeps those."""
     if student_layers is None:
         return list(range(num_layers))
@@ -82,7 +76,13 @@ def select_layers(num_layers: int, student_layers: int | Sequence[int] | None) -
         if not 1 <= student_layers <= num_layers:
             raise ValueError(f"student_layers={student_layers} must be between 1 and the base's {num_layers} layers")
         return list(range(student_layers))
-    return _check_layer_indices("student_layers", student_layers, num_layers, f"the base has {num_layers} layers")
+    kept = _check_layer_indices("student_layers", student_layers, num_layers, f"the base has {num_layers} layers")
+    if architecture is not None and architecture.first_layer_fixed and kept[0] != 0:
+        raise ValueError(
+            f"student_layers={kept} drops layer 0, which {architecture.name} builds differently from the others (no "
+            "attention LayerNorm): a cut base must keep it, or its export would reload another model."
+        )
+    return kept
 
 
 def select_adapter_layers(num_layers: int, adapter_layers: int | Sequence[int] | None) -> list[int]:
@@ -113,13 +113,22 @@ def _check_layer_indices(name: str, indices: Sequence[int], num_layers: int, con
 
 
 def keep_layers(model: PreTrainedModel, kept: Sequence[int]) -> None:
-    """Cut `model` in place to the encoder layers `kept` (indices from `select_layers`)."""
-    layers = _encoder_layers(model)
+    """Cut `model` in place to the encoder layers `kept` (indices from `select_layers`), and the config's per-layer
+    settings with them (`layer_types` and the like), so that the cut model saves and reloads as itself."""
+    layers = encoder_layers(model)
     if len(kept) < len(layers):
         kept_modules = [layers[index] for index in kept]
         del layers[:]
         layers.extend(kept_modules)
+        for name in architecture_of(model.config).layer_config:
+            setattr(model.config, name, [getattr(model.config, name)[index] for index in kept])
         model.config.num_hidden_layers = len(kept)
+
+
+class LoadedBase(NamedTuple):
+    model: PreTrainedModel
+    kept: list[int]  # the base layers kept
+    new_weights: list[str]  # weights the checkpoint did not hold, drawn from the seed
 
 
 def load_base(
@@ -127,11 +136,13 @@ def load_base(
     *,
     id2label: dict[int, str],
     student_layers: int | Sequence[int] | None = None,
-) -> tuple[PreTrainedModel, list[int]]:
-    """Load a sequence classifier with the label space `id2label`, cut to `student_layers`; also return the kept
-    layer indices.
+    seed: int = 0,
+) -> LoadedBase:
+    """Load a sequence classifier with the label space `id2label`, cut to `student_layers`.
 
-    Only safetensors weights are loaded (`use_safetensors=True`), and remote code is never trusted.
+    Weights the checkpoint lacks (the head; a pooler, when the checkpoint is a masked-LM or a bare encoder) are drawn
+    from `seed`, so the same call gives the same model. Only safetensors weights are loaded (`use_safetensors=True`),
+    and remote code is never trusted.
     """
     id2label = {int(index): str(name) for index, name in id2label.items()}
     config = AutoConfig.from_pretrained(
@@ -140,12 +151,17 @@ def load_base(
         id2label=id2label,
         label2id={name: index for index, name in id2label.items()},
     )
-    kept = select_layers(config.num_hidden_layers, parse_student_layers(student_layers))  # before loading weights
+    # before loading weights: an unsupported architecture or a bad cut fails here
+    architecture = architecture_of(config) if student_layers is not None else None
+    kept = select_layers(config.num_hidden_layers, parse_student_layers(student_layers), architecture)
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            # a head for another label space is fine: every student re-initialises its own head
-            model_name_or_path, config=config, use_safetensors=True, ignore_mismatched_sizes=True
-        )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                # a head for another label space is fine: every student re-initialises its own classifier
+                model_name_or_path, config=config, use_safetensors=True, ignore_mismatched_sizes=True,
+                output_loading_info=True,
+            )  # fmt: skip
     except OSError as error:
         if os.path.isdir(model_name_or_path) and not any(
             name.endswith(".safetensors") for name in os.listdir(model_name_or_path)
@@ -155,8 +171,10 @@ def load_base(
                 "weights can run code when loaded). Convert it with `save_pretrained` in a trusted environment."
             ) from error
         raise
-    keep_layers(model, kept)
-    return model, kept
+    new_weights = sorted({*info["missing_keys"], *(key for key, *_ in info["mismatched_keys"])})
+    if architecture is not None:
+        keep_layers(model, kept)
+    return LoadedBase(model, kept, new_weights)
 
 
 def check_adapter_config(config: PeftConfig) -> None:
@@ -174,15 +192,19 @@ def check_adapter_config(config: PeftConfig) -> None:
 
 
 class StudentCohort(nn.Module):
-    """K students (LoRA adapter + own head each) on one frozen base; `forward` returns logits `[batch, K, classes]`.
+    """K students (an adapter + its own head each) on one frozen base; `forward` returns logits `[batch, K, classes]`.
 
-    Build it with [`StudentCohort.from_pretrained`]. The base's weights are frozen; every student's LoRA weights and
-    head are trainable, so an optimizer built afterwards sees all of them.
+    Build it with [`StudentCohort.from_pretrained`]. The base's weights are frozen; every student's adapter and head
+    are trainable, so an optimizer built afterwards sees all of them. The base must be an architecture of
+    [`nanonet_hf.architectures.ARCHITECTURES`].
 
     Args:
         peft_model (`PeftModel`): a sequence-classification PEFT model holding adapters `student_0` … `student_{K-1}`.
-        base_model_name_or_path (`str`): where the base was loaded from, kept for export.
+        base_model_name_or_path (`str`): where the base was loaded from, for model cards.
         student_layers (`list[int]`): indices of the base layers the students keep.
+        bias_layers (`list[int]`, *optional*): for bias-only students, the layers whose biases they train.
+        new_weights (`list[str]`, *optional*): weights of the frozen base that its checkpoint did not hold (drawn at
+            load, e.g. a pooler), for the record.
     """
 
     def __init__(
@@ -192,11 +214,14 @@ class StudentCohort(nn.Module):
         base_model_name_or_path: str,
         student_layers: list[int],
         bias_layers: list[int] | None = None,
+        new_weights: Sequence[str] = (),
     ):
         super().__init__()
         self.peft_model = peft_model
+        self.architecture = architecture_of(self.config)
         self.base_model_name_or_path = str(base_model_name_or_path)
         self.student_layers = list(student_layers)
+        self.new_weights = list(new_weights)
         self.student_names = sorted(
             (name for name in peft_model.peft_config if name.startswith(STUDENT_PREFIX)),
             key=lambda name: int(name[len(STUDENT_PREFIX) :]),
@@ -205,30 +230,19 @@ class StudentCohort(nn.Module):
             raise ValueError(f"The PEFT model has no adapters named {STUDENT_PREFIX}0, {STUDENT_PREFIX}1, ...")
         for name in self.student_names:
             check_adapter_config(peft_model.peft_config[name])
-        self._routing: list[str] | None = None
-        self._trunk_rows: int | None = None  # batch size B of the forward whose hidden states are being expanded
-        self._views: StudentViews | None = None  # the views of the last forward, kept like the routing
         self.teacher: PreTrainedModel | None = None  # an online teacher (`attach_teacher`)
-        for module in peft_model.modules():
-            if supports_block_lora(module, self.student_names):  # PEFT runs the base layer, the cohort adds LoRA
-                module.register_forward_pre_hook(self._route_to_base, with_kwargs=True)
-                module.register_forward_hook(self._add_block_lora, with_kwargs=True)
-            elif isinstance(module, (LoraLayer, AuxiliaryTrainingWrapper)):
-                module.register_forward_pre_hook(self._route, with_kwargs=True)
+        layers = encoder_layers(peft_model.get_base_model())
         # bias-only students: per-student offsets of the adapted layers' biases (a submodule, so they train and save)
         self.student_biases = None
         self.adapter_type = "lora"
-        self.shared_layers = _shared_trunk_depth(peft_model)
+        self.shared_layers = _shared_trunk_depth(peft_model, layers)
         if bias_layers is not None:
-            layers = _encoder_layers(peft_model.get_base_model())
             self.student_biases = StudentBiases(layers, bias_layers, len(self.student_names))
             self.adapter_type = "bias"
             self.shared_layers = bias_layers[0]
-        if self.shared_layers is not None:
-            for index, layer in enumerate(list(_encoder_layers(peft_model.get_base_model()))[self.shared_layers :]):
-                layer.register_forward_pre_hook(
-                    functools.partial(self._enter_student_layer, first=index == 0), with_kwargs=True
-                )
+        self.router = CohortRouter(
+            peft_model, self.architecture, self.student_names, layers, self.shared_layers, self.student_biases
+        )
 
     @classmethod
     def from_pretrained(
@@ -247,38 +261,58 @@ class StudentCohort(nn.Module):
 
         PEFT's default LoRA init is a no-op (B = 0) and `modules_to_save` copies one head, so K fresh students would
         be identical, the mutual loss exactly 0, and, with identical inputs, their gradients identical forever. Each
-        student therefore gets its own seeded LoRA init and its own seeded head.
+        student therefore gets its own seeded LoRA init and its own seeded classifier.
+
+        Weights that the base's checkpoint lacks (the head; a pooler when it is a masked-LM or bare checkpoint) are
+        drawn once from `seed`, logged, and stay in the cohort: the export writes the cohort's own frozen weights, so
+        the exported student gives the logits of the student that was evaluated.
 
         Args:
-            model_name_or_path (`str` or `os.PathLike`): a local folder or Hub id of an encoder.
+            model_name_or_path (`str` or `os.PathLike`): a local folder or Hub id of an encoder of a supported
+                architecture ([`nanonet_hf.architectures`]): a sequence-classification, masked-LM or bare checkpoint.
             id2label (`dict[int, str]`): the label space.
             num_students (`int`, *optional*, defaults to `4`): K, at least 1.
             student_layers (`int` or `list[int]`, *optional*): keep the first N layers, or these layer indices.
-            adapter_layers (`int` or `list[int]`, *optional*): put LoRA on the top N layers of the (cut) base, or on
-                these indices of it; the layers below the first adapted one form a trunk that runs once for all
+            adapter_layers (`int` or `list[int]`, *optional*): put adapters on the top N layers of the (cut) base, or
+                on these indices of it; the layers below the first adapted one form a trunk that runs once for all
                 students. Defaults to every layer.
             lora_config (`LoraConfig`, *optional*): adapter settings shared by all students; defaults to
-                `LoraConfig(r=8, lora_alpha=16)` on PEFT's default target modules for the architecture.
+                `LoraConfig(r=8, lora_alpha=16)` on the architecture's query and value projections.
             adapter_type (`str`, *optional*, defaults to `"lora"`): `"lora"`, or `"bias"` for bias-only students
                 (BitFit): each trains an offset to every bias of the adapted layers, plus its head
                 ([`StudentBiases`]); `lora_config` is then not used.
-            seed (`int`, *optional*, defaults to `0`): student k is initialised from seed `seed + k`.
+            seed (`int`, *optional*, defaults to `0`): weights new to the checkpoint are drawn from `seed`; student k
+                is initialised from seed `seed + k`.
         """
         if num_students < 1:
             raise ValueError(f"num_students must be at least 1, got {num_students}")
         if adapter_type not in ADAPTER_TYPES:
             raise ValueError(f"adapter_type must be one of {list(ADAPTER_TYPES)}, got {adapter_type!r}")
+        config = AutoConfig.from_pretrained(model_name_or_path)
+        architecture = architecture_of(config)  # an unsupported base, or a bad cut, fails before loading any weight
+        kept = select_layers(config.num_hidden_layers, parse_student_layers(student_layers), architecture)
+        adapted = select_adapter_layers(len(kept), parse_student_layers(adapter_layers, "adapter_layers"))
         if adapter_type == "bias":  # PEFT keeps the per-student heads; the config targets no module
             lora_config = LoraConfig(target_modules=DUMMY_TARGET_MODULES)
         lora_config = copy.deepcopy(lora_config) if lora_config is not None else LoraConfig(r=8, lora_alpha=16)
         check_adapter_config(lora_config)
         lora_config.task_type = TaskType.SEQ_CLS
-        base, kept = load_base(model_name_or_path, id2label=id2label, student_layers=student_layers)
-        adapted = select_adapter_layers(len(kept), parse_student_layers(adapter_layers, "adapter_layers"))
+        if lora_config.target_modules is None:  # PEFT has no default for several of the supported architectures
+            lora_config.target_modules = list(architecture.lora_targets)
+        lora_config.modules_to_save = sorted({*(lora_config.modules_to_save or []), *architecture.head})
+        base, kept, new_weights = load_base(model_name_or_path, id2label=id2label, student_layers=kept, seed=seed)
+        drawn = [key for key in new_weights if not key.startswith(tuple(f"{head}." for head in architecture.head))]
+        if drawn:
+            logger.warning(
+                "%s does not hold %d weight(s) of the classification model: %s. They were drawn from seed %d, stay "
+                "frozen, and every export saves them as they are, so the exported student gives the logits of the "
+                "student that was evaluated.", model_name_or_path, len(drawn), ", ".join(drawn), seed,
+            )  # fmt: skip
         if len(adapted) < len(kept) and adapter_type == "lora":
             if lora_config.layers_to_transform is not None:
                 raise ValueError("Give either adapter_layers or LoraConfig.layers_to_transform, not both.")
             lora_config.layers_to_transform = adapted
+            lora_config.layers_pattern = architecture.layers.rsplit(".", 1)[-1]
         base.requires_grad_(False)
 
         names = [student_name(k) for k in range(num_students)]
@@ -290,13 +324,15 @@ class StudentCohort(nn.Module):
                     peft_model = get_peft_model(base, lora_config, adapter_name=name)
                 else:
                     peft_model.add_adapter(name, lora_config)
-                _reset_head(peft_model, name, std=getattr(base.config, "initializer_range", 0.02))
+                _reset_classifier(peft_model, name, std=getattr(base.config, "initializer_range", 0.02))
+        _check_heads(peft_model, architecture, names[0])
         peft_model.set_requires_grad(names, True)
         return cls(
             peft_model,
             base_model_name_or_path=str(model_name_or_path),
             student_layers=kept,
             bias_layers=adapted if adapter_type == "bias" else None,
+            new_weights=drawn,
         )
 
     # ---- properties ----
@@ -329,66 +365,41 @@ class StudentCohort(nn.Module):
 
     # ---- one forward for all students ----
 
-    def _route(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        if self._routing is not None:
-            kwargs["adapter_names"] = self._routing
-        return args, kwargs
+    def check_views(self, views: Sequence[str]) -> None:
+        """Refuse, before any training, per-student views (`parse_views` names) that this cohort cannot apply."""
+        if all(view == "dropout" for view in views):
+            return
+        if self.shared_layers is None:
+            raise ValueError("Data views need the students' adapters in the encoder layers (not on the embeddings).")
+        if "shuffle" in views:
+            if not self.architecture.shuffles:
+                kind = "relative and absolute" if self.architecture.absolute_too else self.architecture.positions
+                raise ValueError(
+                    f"The shuffle view permutes position ids, but {self.architecture.name} encodes positions as "
+                    f"{kind} positions that position ids do not move alone; choose other views (cutoff, dropout, "
+                    "adversarial)."
+                )
+            if self.shared_layers != 0:
+                raise ValueError(
+                    "The shuffle view moves tokens at the embeddings, so the students cannot share a trunk: use it "
+                    "with adapters on every layer (adapter_layers unset), or choose other views."
+                )
 
-    def _route_to_base(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        if self._routing is not None:
-            kwargs["adapter_names"] = [BASE_ROWS] * len(self._routing)
-        return args, kwargs
-
-    def _add_block_lora(self, module: nn.Module, args: tuple, kwargs: dict, output: torch.Tensor):
-        if self._routing is None:
-            return None
-        hidden = args[0] if args else kwargs["x"]
-        return output + block_lora_update(module, hidden, self.student_names).to(output.dtype)
-
-    def _enter_student_layer(self, module: nn.Module, args: tuple, kwargs: dict, *, first: bool) -> tuple[tuple, dict]:
-        """Pre-hook of each adapted layer. Repeats the B-row inputs (the trunk's hidden states at the first adapted
-        layer; the attention mask the model built once for B rows, at every adapted layer) K times, student-major;
-        then applies the views: each student's cut tokens leave the attention mask, and its adversarial
-        perturbation is added to the hidden states entering its first layer."""
-        if self._trunk_rows is None and self._views is None:
-            return args, kwargs
-        if self._trunk_rows is not None:
-            rows, copies = self._trunk_rows, self.num_students
-
-            def expand(value):
-                if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == rows:
-                    return _repeat_rows(value, copies)
-                if isinstance(value, tuple) and any(isinstance(item, torch.Tensor) for item in value):
-                    return tuple(expand(item) for item in value)  # e.g. rotary (cos, sin)
-                return value
-
-            args, kwargs = tuple(expand(arg) for arg in args), {key: expand(value) for key, value in kwargs.items()}
-        views = self._views
-        if views is None:
-            return args, kwargs
-        args = list(args)
-        hidden = args[0] if args else kwargs["hidden_states"]
-        if first and views.perturbation is not None:
-            hidden = hidden + views.perturbation.reshape(hidden.shape).to(hidden.dtype)
-            if args:
-                args[0] = hidden
-            else:
-                kwargs["hidden_states"] = hidden
-        if views.key_mask is not None:
-            keep = views.key_mask.reshape(hidden.shape[0], -1)
-            if len(args) > 1:
-                args[1] = _mask_keys(args[1], keep, hidden.dtype)
-            else:
-                kwargs["attention_mask"] = _mask_keys(kwargs.get("attention_mask"), keep, hidden.dtype)
-        return tuple(args), kwargs
+    def position_ids(self, input_ids: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+        """Position ids `[N, L]` in the model's own numbering for tokens that take the positions of the slots
+        `order` `[N, L]` (the shuffle view; `arange(L)` gives the model's own positions)."""
+        length = input_ids.shape[1]
+        if self.architecture.positions == "offset":  # RoBERTa: from padding_idx + 1, padding at padding_idx
+            padding_idx = self.peft_model.get_base_model().base_model.embeddings.padding_idx
+            real = input_ids.ne(padding_idx).long()
+            positions = real.cumsum(dim=1) * real + padding_idx
+        else:
+            positions = torch.arange(length, device=input_ids.device).expand_as(input_ids)
+        return positions.gather(1, order)
 
     def release_routing(self) -> None:
         """Forget the routing of the last forward; call after `backward()` (the trainer does)."""
-        self._routing = None
-        self._trunk_rows = None
-        self._views = None
-        if self.student_biases is not None:
-            self.student_biases.rows = None
+        self.router.release()
 
     def forward(
         self,
@@ -398,31 +409,19 @@ class StudentCohort(nn.Module):
         views: StudentViews | None = None,
     ) -> torch.Tensor:
         """Logits of every student, `[batch, K, classes]`, from one forward: the shared trunk on the batch, the adapted
-        layers and heads on a K× batch. `views` (see [`nanonet_hf.views`]) gives each student its own view of the
-        batch."""
+        layers and heads on a K× batch ([`nanonet_hf.routing`]). `views` (see [`nanonet_hf.views`]) gives each
+        student its own view of the batch."""
         batch, num_students = input_ids.shape[0], self.num_students
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
-        if views is not None and self.shared_layers is None:
-            raise ValueError("Data views need the students' adapters in the encoder layers (not on the embeddings).")
-        shuffled = views is not None and views.position_ids is not None
-        if shuffled and self.shared_layers != 0:
-            raise ValueError(
-                "The shuffle view moves tokens at the embeddings, so the students cannot share a trunk: use it "
-                "with adapters on every layer (adapter_layers unset), or choose other views."
-            )
-        if shuffled or self.shared_layers is None:
-            # repeat the inputs: adapters below the encoder layers (e.g. on embeddings), or per-student positions (the
-            # embeddings then run per student, which is cheap; the encoder layers see K× rows already)
-            inputs = {key: None if value is None else _repeat_rows(value, num_students) for key, value in inputs.items()}
-            if shuffled:
-                inputs["position_ids"] = views.position_ids.reshape(num_students * batch, -1)
-        else:
-            self._trunk_rows = batch
-        self._views = views
-        # student-major: rows k*B … (k+1)*B−1 go through student k. Kept after the forward for checkpoint recompute.
-        self._routing = [name for name in self.student_names for _ in range(batch)]
-        if self.student_biases is not None:
-            self.student_biases.rows = "blocks"
+        # the classification model sees K copies of the batch, student-major; its backbone takes one of them
+        inputs = {key: _repeat_rows(value, num_students) for key, value in inputs.items() if value is not None}
+        shuffled = views is not None and views.position_order is not None
+        if views is not None:
+            self.check_views(["shuffle"] if shuffled else ["cutoff"])
+        if shuffled:  # per-student positions: the embeddings run on every copy (cheap; the layers see K× rows anyway)
+            inputs["position_ids"] = self.position_ids(inputs["input_ids"], views.position_order.reshape(num_students * batch, -1))
+        # kept after the forward, for the recompute of gradient checkpointing
+        self.router.begin(batch, trunk=self.shared_layers is not None and not shuffled, views=views)
         try:
             logits = self.peft_model(**inputs).logits
         finally:
@@ -448,8 +447,16 @@ class StudentCohort(nn.Module):
             self.peft_model.set_requires_grad(self.student_names, True)
 
     def student_heads(self, name: str) -> dict[str, nn.Module]:
-        """Student `name`'s copy of each head (PEFT `modules_to_save`), by the head's path in the base model."""
+        """Student `name`'s copy of each head module (PEFT `modules_to_save`), by its path in the base model."""
         return _student_heads(self.peft_model, name)
+
+    def frozen_base(self) -> PreTrainedModel:
+        """A plain classification model of the (cut) config holding the cohort's frozen base weights (including any
+        drawn at load), with the base's own head: what the students' adapters apply to."""
+        model = AutoModelForSequenceClassification.from_config(copy.deepcopy(self.config))
+        model.load_state_dict(plain_state_dict(self.peft_model), strict=True)
+        model.config.architectures = [type(model).__name__]
+        return model.eval()
 
     # ---- activation (gradient) checkpointing, called by Trainer when `activation_checkpointing=True` ----
 
@@ -499,26 +506,9 @@ def _repeat_rows(tensor: torch.Tensor, copies: int) -> torch.Tensor:
     return tensor.repeat(copies, *([1] * (tensor.dim() - 1)))
 
 
-def _mask_keys(mask: torch.Tensor | None, keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """The attention mask a layer receives (`None`, a 2D padding mask, or a 4D boolean or additive float mask), with
-    the keys where `keep` `[N, L]` is False masked out for every query."""
-    if mask is not None and mask.dim() == 2:  # flash attention's padding mask
-        return mask * keep.to(mask.dtype)
-    keep = keep[:, None, None, :]
-    if mask is None:
-        return torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill(~keep, torch.finfo(dtype).min)
-    if mask.dtype == torch.bool:
-        return mask & keep
-    return mask.masked_fill(~keep, torch.finfo(mask.dtype).min)
-
-
-def _shared_trunk_depth(peft_model: PeftModel) -> int | None:
+def _shared_trunk_depth(peft_model: PeftModel, layers: nn.ModuleList) -> int | None:
     """How many encoder layers sit below the first LoRA layer (the trunk every student shares), or `None` when some
     LoRA layer lives outside the encoder layers, so that the students share nothing and inputs must be repeated."""
-    try:
-        layers = _encoder_layers(peft_model.get_base_model())
-    except ValueError:
-        return None
     in_layers = {id(module) for layer in layers for module in layer.modules() if isinstance(module, LoraLayer)}
     if any(isinstance(module, LoraLayer) and id(module) not in in_layers for module in peft_model.modules()):
         return None
@@ -527,7 +517,7 @@ def _shared_trunk_depth(peft_model: PeftModel) -> int | None:
 
 
 def _student_heads(peft_model: PeftModel, adapter_name: str) -> dict[str, nn.Module]:
-    """`adapter_name`'s copy of each head (PEFT `modules_to_save`), by the head's path in the base model."""
+    """`adapter_name`'s copy of each head module (PEFT `modules_to_save`), by the module's path in the base model."""
     return {
         path: module.modules_to_save[adapter_name]
         for path, module in peft_model.get_base_model().named_modules()
@@ -535,14 +525,30 @@ def _student_heads(peft_model: PeftModel, adapter_name: str) -> dict[str, nn.Mod
     }
 
 
-def _reset_head(peft_model: PeftModel, adapter_name: str, *, std: float) -> None:
-    """Re-initialise the head copy of `adapter_name` from the current RNG (normal(0, std) weights, zero biases)."""
-    heads = _student_heads(peft_model, adapter_name)
-    if not heads:
-        raise ValueError(f"No classification head was found for {adapter_name}: the base has no `classifier`/`score`.")
-    for head in heads.values():
-        for layer in head.modules():
-            if isinstance(layer, nn.Linear):
-                nn.init.normal_(layer.weight, std=std)
-                if layer.bias is not None:
-                    nn.init.zeros_(layer.bias)
+def _check_heads(peft_model: PeftModel, architecture: Architecture, adapter_name: str) -> None:
+    """Every module of the architecture's head, and nothing else, has a copy per student (PEFT matches
+    `modules_to_save` by name suffix, so a name may catch another module or none)."""
+    found = sorted(_student_heads(peft_model, adapter_name))
+    if found != sorted(architecture.head):
+        raise ValueError(
+            f"The students' head copies are {found}, but a {architecture.name} classifier's head is "
+            f"{sorted(architecture.head)}: check LoraConfig.modules_to_save."
+        )
+
+
+def _reset_classifier(peft_model: PeftModel, adapter_name: str, *, std: float) -> None:
+    """Re-initialise, from the current RNG, the Linear layers of `adapter_name`'s head that output the classes
+    (normal(0, std) weights, zero biases). The rest of the head keeps what the checkpoint held, or its draw."""
+    num_labels = peft_model.get_base_model().config.num_labels
+    layers = [
+        layer
+        for head in _student_heads(peft_model, adapter_name).values()
+        for layer in head.modules()
+        if isinstance(layer, nn.Linear) and layer.out_features == num_labels
+    ]
+    if not layers:
+        raise ValueError(f"No classifier layer with {num_labels} outputs was found in the head of {adapter_name}.")
+    for layer in layers:
+        nn.init.normal_(layer.weight, std=std)
+        if layer.bias is not None:
+            nn.init.zeros_(layer.bias)

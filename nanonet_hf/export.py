@@ -11,6 +11,10 @@
 
 Bias-only students have no PEFT adapter: their export is `student/` alone (the base with the student's bias offsets
 added and its head).
+
+The base is the cohort's own frozen base ([`StudentCohort.frozen_base`]), never the checkpoint loaded again: weights
+the checkpoint lacked were drawn once when the cohort was built, and a second load would draw them anew, giving an
+exported student that is not the one that was evaluated.
 """
 
 import json
@@ -21,7 +25,7 @@ from dataclasses import dataclass
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
-from .cohort import StudentCohort, _encoder_layers, load_base, student_name
+from .cohort import StudentCohort, encoder_layers, student_name
 from .files import atomic_directory, replace_directory
 
 
@@ -38,9 +42,10 @@ def export_student(
 ) -> ExportedStudent:
     """Export `student` (index or name) of `cohort` to `output_dir/{student,student_adapter,student_base}`.
 
-    The merged model is rebuilt from the saved adapter on a freshly loaded base, so the live cohort is never touched
-    and the adapter folder is proven loadable. PEFT's `merge_and_unload` takes the head of the ACTIVE adapter: a
-    freshly loaded single adapter is the active one, so the merged model cannot pick up another student's head.
+    The merged model is rebuilt from the saved adapter on a copy of the cohort's frozen base, so the live cohort is
+    never touched and the adapter folder is proven loadable. PEFT's `merge_and_unload` takes the head of the ACTIVE
+    adapter: a freshly loaded single adapter is the active one, so the merged model cannot pick up another student's
+    head.
     """
     name = student_name(student) if isinstance(student, int) else student
     if name not in cohort.student_names:
@@ -52,15 +57,14 @@ def export_student(
         adapter_dir=os.path.join(output_dir, "student_adapter"),
         base_dir=os.path.join(output_dir, "student_base"),
     )
-    id2label = {int(index): label for index, label in cohort.config.id2label.items()}
     if cohort.student_biases is not None:
-        return _export_bias_student(cohort, name, output_dir, tokenizer, id2label)
+        return _export_bias_student(cohort, name, output_dir, tokenizer)
 
     with atomic_directory(os.path.join(output_dir, ".export")) as tmp:
         base_dir, adapter_dir, student_dir = (os.path.join(tmp, part) for part in ("base", "adapter", "student"))
 
         # the frozen base, cut as the students see it
-        base, _ = load_base(cohort.base_model_name_or_path, id2label=id2label, student_layers=cohort.student_layers)
+        base = cohort.frozen_base()
         base.save_pretrained(base_dir)
         tokenizer.save_pretrained(base_dir)
 
@@ -95,16 +99,15 @@ def export_student(
 
 
 def _export_bias_student(
-    cohort: StudentCohort, name: str, output_dir: str, tokenizer: PreTrainedTokenizerBase, id2label: dict[int, str]
+    cohort: StudentCohort, name: str, output_dir: str, tokenizer: PreTrainedTokenizerBase
 ) -> ExportedStudent:
-    """A bias-only student: a fresh copy of the (cut) base, the student's offsets added to its biases, its head."""
+    """A bias-only student: a copy of the cohort's frozen base, the student's offsets added to its biases, its head."""
     student_dir = os.path.join(output_dir, "student")
-    merged, _ = load_base(cohort.base_model_name_or_path, id2label=id2label, student_layers=cohort.student_layers)
-    cohort.student_biases.merge_into(_encoder_layers(merged), cohort.student_names.index(name))
+    merged = cohort.frozen_base()
+    cohort.student_biases.merge_into(encoder_layers(merged), cohort.student_names.index(name))
     heads = cohort.student_heads(name)
     for path, head in heads.items():
         merged.get_submodule(path).load_state_dict(head.state_dict())
-    merged.config.architectures = [type(merged).__name__]
     with atomic_directory(student_dir) as tmp:
         merged.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

@@ -110,6 +110,7 @@ class MutualDistillationTrainer(Trainer):
 
         # ---- views and online teacher ----
         self.student_views = parse_views(args.student_views, model.num_students)
+        model.check_views(self.student_views)  # e.g. shuffle on a model with relative positions: refused before training
         if args.online_teacher:
             if teacher_model is None:
                 raise ValueError("online_teacher=True needs a teacher_model (a classifier with the cohort's labels).")

@@ -48,7 +48,7 @@ def train_teacher(
     id2label = dict(enumerate(labeled.features["label"].names))
     tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
     set_seed(seed)  # the new head's init, not whatever ran before, decides the teacher: few labels make it matter
-    model, _ = load_base(model_name_or_path, id2label=id2label)
+    model = load_base(model_name_or_path, id2label=id2label, seed=seed).model
     train = tokenize(labeled.rename_column("label", "labels"), tokenizer, max_length).remove_columns("text")
     with tempfile.TemporaryDirectory() as scratch:
         args = TrainingArguments(

@@ -6,7 +6,10 @@ A view is named per student; `student_views` cycles a list over the K students (
 - `dropout`: the batch as it is; the base's dropout (active in training) is the only noise.
 - `cutoff`: about `cutoff_rate` of each row's content tokens (not [CLS], the last token, or padding) are removed from
   the attention mask of the student's layers, so no token attends to them.
-- `shuffle`: the content tokens' positions are permuted (position ids), as if the words came in another order.
+- `shuffle`: the content tokens' positions are permuted, as if the words came in another order. The view is an order
+  of the slots (`position_order`); the cohort turns it into position ids in the model's own numbering (0 … L−1 for
+  BERT, from `padding_idx + 1` for RoBERTa). Models with relative or rotary positions refuse it
+  ([`nanonet_hf.architectures`]).
 - `adversarial`: a one-step adversarial perturbation of the student's input hidden states (the embeddings when every
   layer has adapters): random noise → gradient of the student's loss w.r.t. the noise → a step of L2 norm
   `adversarial_epsilon` per token along it (VAT/FGM-like). Finding the step costs one extra forward and backward of
@@ -45,12 +48,13 @@ class StudentViews:
     """Per-student inputs of one forward, each `[K, B, ...]` (student-major) or `None` when no student needs it.
 
     key_mask (`torch.BoolTensor` `[K, B, L]`): False where a token is cut from the attention of that student's layers.
-    position_ids (`torch.LongTensor` `[K, B, L]`): position ids per student (shuffle).
+    position_order (`torch.LongTensor` `[K, B, L]`): per student, the slot whose position each token takes (shuffle);
+        `arange(L)` is the identity.
     perturbation (`torch.Tensor` `[K, B, L, H]`): added to the hidden states entering the student's first layer.
     """
 
     key_mask: torch.Tensor | None = None
-    position_ids: torch.Tensor | None = None
+    position_order: torch.Tensor | None = None
     perturbation: torch.Tensor | None = None
 
 
@@ -77,8 +81,8 @@ def cutoff_keep_mask(attention_mask: torch.Tensor, rate: float) -> torch.Tensor:
 
 
 def shuffled_positions(attention_mask: torch.Tensor) -> torch.Tensor:
-    """`[B, L]` position ids: 0 … L−1, except that each row's content tokens take a random permutation of their own
-    positions (the first and last tokens and the padding keep theirs)."""
+    """`[B, L]` slot order: 0 … L−1, except that each row's content tokens take a random permutation of their own
+    slots (the first and last tokens and the padding keep theirs)."""
     content = content_tokens(attention_mask)
     batch, length = content.shape
     positions = torch.arange(length, device=content.device).expand(batch, length).clone()
@@ -95,11 +99,11 @@ def adversarial_step(gradient: torch.Tensor, epsilon: float) -> torch.Tensor:
 
 
 def make_student_views(views: Sequence[str], attention_mask: torch.Tensor, *, cutoff_rate: float = 0.2) -> StudentViews:
-    """The key masks and position ids of `views` (one name per student) for a batch with `attention_mask` `[B, L]`;
-    students without that view get the identity (all kept, positions 0 … L−1). The adversarial perturbation comes
+    """The key masks and position orders of `views` (one name per student) for a batch with `attention_mask`
+    `[B, L]`; students without that view get the identity (all kept, slots 0 … L−1). The adversarial perturbation comes
     later, from a gradient (see [`MutualDistillationTrainer`])."""
     batch, length = attention_mask.shape
-    key_mask = position_ids = None
+    key_mask = position_order = None
     if "cutoff" in views:
         key_mask = torch.stack(
             [
@@ -111,7 +115,7 @@ def make_student_views(views: Sequence[str], attention_mask: torch.Tensor, *, cu
         )
     if "shuffle" in views:
         identity = torch.arange(length, device=attention_mask.device).expand(batch, length)
-        position_ids = torch.stack(
+        position_order = torch.stack(
             [shuffled_positions(attention_mask) if view == "shuffle" else identity for view in views]
         )
-    return StudentViews(key_mask=key_mask, position_ids=position_ids)
+    return StudentViews(key_mask=key_mask, position_order=position_order)

@@ -46,6 +46,7 @@ from nanonet_hf import (
     train_teacher,
     training_dataset,
 )
+from nanonet_hf.architectures import architecture_of
 from nanonet_hf.cohort import parse_student_layers, select_adapter_layers, select_layers
 from nanonet_hf.data import tokenize
 from nanonet_hf.files import atomic_directory, write_json
@@ -201,9 +202,11 @@ def main(script_args: ScriptArguments, training_args: MutualDistillationConfig) 
         script_args.teacher_name_or_path = resolve_model_path(script_args.teacher_name_or_path)
         if script_args.teacher_type == "fine_tune":  # a SetFit body has no label space yet
             check_teacher(script_args.teacher_name_or_path, data.label_names)
-    num_layers = AutoConfig.from_pretrained(model_path).num_hidden_layers
-    kept = select_layers(num_layers, parse_student_layers(training_args.student_layers))  # bad layers fail here,
-    select_adapter_layers(len(kept), parse_student_layers(training_args.adapter_layers, "adapter_layers"))  # before any training
+    base_config = AutoConfig.from_pretrained(model_path)  # an unsupported base or bad layers fail here,
+    kept = select_layers(
+        base_config.num_hidden_layers, parse_student_layers(training_args.student_layers), architecture_of(base_config)
+    )
+    select_adapter_layers(len(kept), parse_student_layers(training_args.adapter_layers, "adapter_layers"))  # before training
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     num_generated = 0
     if script_args.generate_unlabeled:
@@ -375,6 +378,8 @@ def main(script_args: ScriptArguments, training_args: MutualDistillationConfig) 
             "student_layers": cohort.student_layers,
             "adapter_layers": training_args.adapter_layers,
             "shared_trunk_layers": cohort.shared_layers,
+            "architecture": cohort.architecture.name,
+            "new_weights": cohort.new_weights,  # not in the base's checkpoint: drawn from the seed, frozen, exported
             "adapter": training_args.adapter_type,
             "lora_r": training_args.lora_r,
             "lora_alpha": training_args.lora_alpha,

@@ -43,9 +43,14 @@ def peft_update(layer, x, names):
     return layer(x, adapter_names=rows) - layer(x, adapter_names=[BASE_ROWS] * len(rows))
 
 
+@pytest.mark.parametrize("lora_bias", [False, True], ids=["plain", "lora-bias"])
 @pytest.mark.parametrize("shape", [(6, 6), (6, 4, 6)])
-def test_block_update_and_its_gradients_equal_peft_mixed_batch(shape):
-    layer = lora_layer([config()] * 3)
+def test_block_update_and_its_gradients_equal_peft_mixed_batch(shape, lora_bias):
+    layer = lora_layer([config(lora_bias=lora_bias)] * 3)
+    if lora_bias:  # B's bias starts at zero: random ones make a wrong scaling show
+        with torch.no_grad():
+            for name in NAMES:
+                layer.lora_B[name].bias.normal_()
     x = torch.randn(*shape)
     ours, theirs = block_lora_update(layer, x, NAMES), peft_update(layer, x, NAMES)
     torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=1e-5)
@@ -75,7 +80,8 @@ def test_rows_must_split_into_student_blocks():
     "configs, expected",
     [
         ([config()] * 3, True),
-        ([config(lora_bias=True)] * 3, False),  # a bias on B
+        ([config(lora_bias=True)] * 3, True),  # a bias on B, for every student
+        ([config(lora_bias=True), config(), config()], False),  # a bias on B for some students only
         ([config(use_dora=True)] * 3, False),  # a LoRA variant
         ([config(), config(), LoraConfig(target_modules=["proj"], r=3)], False),  # ranks differ
     ],
@@ -85,14 +91,14 @@ def test_which_layers_take_the_block_path(configs, expected):
     assert not supports_block_lora(lora_layer([config()] * 2), NAMES)  # a student without an adapter here
 
 
-def test_cohort_uses_the_block_path_on_plain_lora_only(tiny_model_dir):
+def test_cohort_uses_the_block_path_on_every_lora_linear(tiny_model_dir):
     def hooked(lora_config):
         cohort = StudentCohort.from_pretrained(tiny_model_dir, id2label={0: "a", 1: "b"}, num_students=2, lora_config=lora_config)
         layers = [module for module in cohort.modules() if hasattr(module, "lora_A")]
         return [bool(module._forward_hooks) for module in layers]
 
     assert all(hooked(LoraConfig(r=2)))
-    assert not any(hooked(LoraConfig(r=2, lora_bias=True)))
+    assert all(hooked(LoraConfig(r=2, lora_bias=True)))
 
 
 def test_one_shared_dropout_drops_every_block_in_training_and_none_in_eval():

@@ -28,7 +28,7 @@ LAYOUTS = {
     "top-2": {"adapter_layers": 2},
     "cut-0,2-top-1": {"student_layers": [0, 2], "adapter_layers": 1},
     "middle-only": {"adapter_layers": [1]},
-    # LoRA with a bias on B: not the batched block path (nanonet_hf.block_lora), PEFT's own mixed batch instead
+    # LoRA with a bias on B (lora_bias): the block path adds the scaled bias of each student
     "lora-bias": {"lora_config": LoraConfig(r=4, lora_alpha=8, init_lora_weights=False, lora_bias=True)},
     "embeddings-too": {
         "lora_config": LoraConfig(r=4, lora_alpha=8, init_lora_weights=False, target_modules=["query", "word_embeddings"])
