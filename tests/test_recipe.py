@@ -104,6 +104,71 @@ def test_recipe_end_to_end_on_the_real_model_and_trec6(tmp_path):
     assert results["examples"][0] in card.text  # a TREC question in the how-to-load snippet
 
 
+MPNET = "sentence-transformers/all-mpnet-base-v2"
+PREDICT_WITHOUT_PEFT = """
+import json, sys
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+folder, texts = sys.argv[1], json.loads(sys.argv[2])
+model, tokenizer = AutoModelForSequenceClassification.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+with torch.no_grad():
+    logits = model(**tokenizer(texts, padding=True, truncation=True, max_length=32, return_tensors="pt")).logits
+assert "peft" not in sys.modules, "loading the exported student imported peft"
+print(json.dumps({"type": model.config.model_type, "layers": model.config.num_hidden_layers, "logits": logits.tolist()}))
+"""
+
+
+@pytest.mark.slow
+def test_recipe_on_the_real_mpnet_base_exports_a_plain_mpnet_student(tmp_path):
+    """A non-BERT base end to end: the all-mpnet-base-v2 body (the MPNet wheels) under 2 students, cut to 2 layers;
+    the export reloads without peft and scores exactly what the evaluated student scored."""
+    from peft import AutoPeftModelForSequenceClassification
+
+    from nanonet_hf.data import load_trec6
+    from nanonet_hf.resources import resolve_model_path
+
+    try:
+        resolve_model_path(MPNET)
+    except FileNotFoundError as error:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(str(error))
+    test = load_trec6()["test"].select(range(40))
+    names = test.features["label"].names
+    texts, labels = list(test["text"]), list(test["label"])
+    eval_file = write_jsonl(tmp_path / "test.jsonl", [{"text": t, "label": names[y]} for t, y in zip(texts, labels)])
+    out = tmp_path / "run"
+    argv = [
+        "--model_name_or_path", MPNET, "--dataset", "trec6", "--eval_file", eval_file, "--labels_per_class", "4",
+        "--max_unlabeled", "64", "--num_students", "2", "--student_layers", "2", "--adapter_layers", "1",
+        "--max_steps", "6", "--per_device_train_batch_size", "8", "--teacher_epochs", "1", "--supervised_baseline",
+        "false", "--max_length", "32", "--report_to", "none", "--output_dir", str(out),
+    ]  # fmt: skip
+    results = recipe.main(*recipe.parse_args(argv))
+    chosen = results["students"][results["chosen_student"]]
+
+    result = subprocess.run(
+        [sys.executable, "-c", PREDICT_WITHOUT_PEFT, str(out / "student"), json.dumps(texts)],
+        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    assert (loaded["type"], loaded["layers"]) == ("mpnet", 2)
+    logits = np.asarray(loaded["logits"])
+    accuracy = float((logits.argmax(-1) == np.asarray(labels)).mean())
+    assert accuracy == pytest.approx(chosen["accuracy"], abs=1e-9)
+    # the adapter on its saved base gives the merged student's logits
+    from transformers import AutoTokenizer
+
+    adapter = AutoPeftModelForSequenceClassification.from_pretrained(out / "student_adapter").eval()
+    tokenizer = AutoTokenizer.from_pretrained(out / "student_adapter")
+    import torch
+
+    with torch.no_grad():
+        inputs = tokenizer(texts, padding=True, truncation=True, max_length=32, return_tensors="pt")
+        np.testing.assert_allclose(adapter(**inputs).logits.numpy(), logits, atol=1e-4)
+
+
 def test_recipe_with_bias_students_views_an_online_teacher_and_generated_text(tiny_model_dir, tiny_lm, tmp_path, monkeypatch):
     """The quality options end to end on the tiny model: the export is the chosen bias-only student, the card says so,
     and the online teacher is saved and is what the results report."""
