@@ -3,6 +3,7 @@
     python benchmarks/cohort_speed.py                      # the packaged MiniLM-L6 base, K in 1 2 4 8, A in L/3 L/2 L
     python benchmarks/cohort_speed.py --tiny --steps 3     # a tiny random BERT: a smoke run in seconds
     python benchmarks/cohort_speed.py --json speed.json    # also write every measurement
+    python benchmarks/cohort_speed.py --model sentence-transformers/all-mpnet-base-v2 --students 2 4   # another base
 
 Three ways to train K students on the same batch with the same losses (supervised on half the rows, distillation from
 fixed teacher logits on the other half, mutual KL between students) and AdamW:
@@ -105,13 +106,13 @@ class Setup:
         return models, lambda batch: torch.stack([model(**batch).logits for model in models], dim=1), lambda: None
 
 
-def make_batch(vocab_size: int, batch_size: int, seq_len: int, device: torch.device, seed: int = 0) -> dict:
+def make_batch(vocab_size: int, batch_size: int, seq_len: int, device: torch.device, seed: int = 0, pad_id: int = 0) -> dict:
     generator = torch.Generator().manual_seed(seed)
     input_ids = torch.randint(5, vocab_size, (batch_size, seq_len), generator=generator)
     attention_mask = torch.ones_like(input_ids)
     lengths = torch.randint(seq_len // 2, seq_len + 1, (batch_size,), generator=generator)
     attention_mask[torch.arange(seq_len)[None, :] >= lengths[:, None]] = 0  # padded rows, so masks matter
-    input_ids[attention_mask == 0] = 0
+    input_ids[attention_mask == 0] = pad_id
     labels = torch.randint(0, NUM_CLASSES, (batch_size,), generator=generator)
     labels[batch_size // 2 :] = -100  # half the rows unlabeled
     teacher_logits = torch.randn(batch_size, NUM_CLASSES, generator=generator)
@@ -121,6 +122,12 @@ def make_batch(vocab_size: int, batch_size: int, seq_len: int, device: torch.dev
         "labels": labels.to(device),
         "teacher_logits": teacher_logits.to(device),
     }
+
+
+def benchmark_batch(args, device: torch.device) -> dict:
+    """The one batch every variant trains on: random tokens of the base's vocabulary, padded with its pad id."""
+    config = AutoConfig.from_pretrained(args.model_path)
+    return make_batch(config.vocab_size, args.batch_size, args.seq_len, device, pad_id=config.pad_token_id or 0)
 
 
 def loss_of(logits: torch.Tensor, batch: dict) -> torch.Tensor:
@@ -197,7 +204,7 @@ def peak_memory_probe(args) -> None:
     """Run in a subprocess: build one variant, take two steps, print the peak memory in MiB."""
     device = torch.device(args.device)
     setup = Setup(args.model_path, args.num_layers, device)
-    batch = make_batch(args.vocab_size, args.batch_size, args.seq_len, device)
+    batch = benchmark_batch(args, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
@@ -217,7 +224,7 @@ def peak_memory(args, variant: str, num_students: int, adapted: int) -> float:
     command = [
         sys.executable, __file__, "--probe", variant, "--probe-students", str(num_students),
         "--probe-adapted", str(adapted), "--model-path", args.model_path, "--device", args.device,
-        "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len), "--vocab-size", str(args.vocab_size),
+        "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len),
     ]  # fmt: skip
     if args.num_layers is not None:
         command += ["--num-layers", str(args.num_layers)]
@@ -252,8 +259,7 @@ def run(args) -> dict:
     device = torch.device(args.device)
     setup = Setup(args.model_path, args.num_layers, device)
     num_layers = setup.num_layers
-    args.vocab_size = AutoConfig.from_pretrained(args.model_path).vocab_size
-    batch = make_batch(args.vocab_size, args.batch_size, args.seq_len, device)
+    batch = benchmark_batch(args, device)
     rows = []
     for adapted in adapted_counts(num_layers, args.adapted_fractions):
         select_adapter_layers(num_layers, adapted)
@@ -332,7 +338,9 @@ def markdown(result: dict) -> str:
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="a tiny random 6-layer BERT instead of the packaged base")
-    parser.add_argument("--model-path", default="sentence-transformers/all-MiniLM-L6-v2")
+    parser.add_argument("--model", "--model-path", dest="model_path", default="sentence-transformers/all-MiniLM-L6-v2",
+                        help="base encoder: any supported architecture (nanonet_hf/architectures.py); packaged Hub ids "
+                        "resolve offline")  # fmt: skip
     parser.add_argument("--num-layers", type=int, help="cut the base to its first N layers (L); default: all")
     parser.add_argument("--students", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--adapted-fractions", type=float, nargs="+", default=[1 / 3, 1 / 2, 1.0],
@@ -348,7 +356,6 @@ def parse_args(argv=None):
     parser.add_argument("--probe", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--probe-students", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--probe-adapted", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--vocab-size", type=int, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
