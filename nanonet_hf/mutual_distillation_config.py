@@ -34,7 +34,8 @@ class MutualDistillationConfig(TrainingArguments):
     lora_dropout (`float`, *optional*, defaults to `0.0`):
         Dropout on the LoRA input.
     lora_target_modules (`list[str]`, *optional*):
-        Modules that get LoRA. Defaults to PEFT's choice for the architecture (`query`, `value` for BERT).
+        Modules that get LoRA. Defaults to the architecture's query and value projections, from the table in
+        [`nanonet_hf.architectures`] (`query`, `value` for BERT; `q`, `v` for MPNet; `Wqkv` for ModernBERT).
     student_layers (`str`, *optional*):
         Cut the base to fewer layers: a count (`"3"` keeps the first three) or indices (`"0,2,4"`). Defaults to all.
     adapter_layers (`str`, *optional*):
@@ -117,7 +118,7 @@ class MutualDistillationConfig(TrainingArguments):
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha (scale = alpha / r)."})
     lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA input."})
     lora_target_modules: list[str] | None = field(
-        default=None, metadata={"help": "Modules that get LoRA; defaults to PEFT's choice for the architecture."}
+        default=None, metadata={"help": "Modules that get LoRA; defaults to the architecture's query/value projections (nanonet_hf.architectures)."}
     )
     student_layers: str | None = field(
         default=None,

@@ -104,6 +104,7 @@ class CohortRouter:
         backbone.register_forward_pre_hook(self._enter_backbone, with_kwargs=True)
         if first_student_layer is not None:
             self._layer_signature = inspect.signature(layers[0].forward)
+            self._hidden_name = next(iter(self._layer_signature.parameters))  # the hidden states come first
             for index, layer in enumerate(list(layers)[first_student_layer:]):
                 layer.register_forward_pre_hook(functools.partial(self._enter_layer, first=index == 0), with_kwargs=True)
                 for path in architecture.per_student:
@@ -200,7 +201,7 @@ class CohortRouter:
             return args, kwargs
         bound = self._layer_signature.bind(*args, **kwargs)
         arguments = bound.arguments
-        hidden_name = next(iter(self._layer_signature.parameters))
+        hidden_name = self._hidden_name
         inputs = {hidden_name: "batch", **self.architecture.layer_inputs}
         total = state.rows * self.num_students
         if state.trunk:
