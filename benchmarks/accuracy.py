@@ -42,7 +42,6 @@ import numpy as np
 import torch
 import yaml
 from datasets import concatenate_datasets
-from transformers import AutoTokenizer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import quiet_transformers
@@ -50,17 +49,13 @@ from common import quiet_transformers
 from nanonet_hf import (
     MutualDistillationConfig,
     MutualDistillationTrainer,
-    StudentCohort,
     add_teacher_logits,
     classification_metrics,
     generate_unlabeled,
     prepare_data,
     train_teacher,
-    training_dataset,
 )
-from nanonet_hf.data import tokenize
 from nanonet_hf.inference import predict_logits
-from nanonet_hf.metrics import agreement_choice
 from nanonet_hf.resources import resolve_model_path
 from nanonet_hf.setfit_teacher import SetFitTeacher
 from nanonet_hf.teacher import load_teacher
@@ -123,23 +118,20 @@ def run_setfit(body: str, data, test, seed: int, args) -> tuple[dict, SetFitTeac
     return classification_metrics(predictions, np.asarray(test["label"]), len(data.label_names)), teacher
 
 
-def run_nanonet(settings: dict, base_path: str, tokenizer, data, train, test, teacher_rows_logits, scratch: str) -> dict:
-    """Train one cohort; score every student, the ensemble and the student chosen by agreement with the teacher."""
+def run_nanonet(settings: dict, data, unlabeled, test, teacher, scratch: str) -> dict:
+    """Train one cohort through the library's pipeline (raw rows in, the teacher's logits cached inside) and take its
+    `results()`: every student, the ensemble (one definition: `cohort_metrics`, the mean of the students'
+    probabilities) and the student the trainer chooses without test labels (`select_student`)."""
     config = MutualDistillationConfig(output_dir=os.path.join(scratch, "cohort"), use_cpu=True, **settings)
-    cohort = StudentCohort.from_pretrained(base_path, id2label=data.id2label, **config.cohort_kwargs())
-    tokenized = tokenize(train, tokenizer, config.max_length)
-    trainer = MutualDistillationTrainer(model=cohort, args=config, train_dataset=tokenized, processing_class=tokenizer)
+    trainer = MutualDistillationTrainer(
+        model=MINILM, teacher_model=teacher, args=config, train_dataset=data.labeled, unlabeled_dataset=unlabeled,
+        eval_dataset=test,
+    )  # fmt: skip
     trainer.train()
-    logits = predict_logits(cohort, tokenizer, test["text"])  # [N, K, C]
-    labels, classes = np.asarray(test["label"]), len(data.label_names)
-    students = [classification_metrics(logits[:, k].argmax(-1), labels, classes) for k in range(cohort.num_students)]
-    ensemble = classification_metrics(logits.mean(axis=1).argmax(-1), labels, classes)
-    if teacher_rows_logits is not None:
-        texts, reference = teacher_rows_logits
-        chosen = agreement_choice(predict_logits(cohort, tokenizer, texts), reference)
-    else:
-        chosen = 0
-    return {"chosen": students[chosen], "chosen_index": chosen, "ensemble": ensemble, "students": students}
+    results = trainer.results()
+    chosen = results["chosen_student"]
+    return {"chosen": results["students"][chosen], "chosen_index": chosen, "ensemble": results["ensemble"],
+            "students": results["students"]}  # fmt: skip
 
 
 def run_setting(dataset: str, labels_per_class: int, seed: int, args, methods: set[str]) -> list[Run]:
@@ -155,8 +147,6 @@ def run_setting(dataset: str, labels_per_class: int, seed: int, args, methods: s
     data = prepare_data(dataset=dataset, labels_per_class=labels_per_class, max_unlabeled=args.max_unlabeled, seed=seed)
     test = data.test if args.test_rows is None else data.test.select(range(min(args.test_rows, len(data.test))))
     num_classes = len(data.label_names)
-    base_path = resolve_model_path(MINILM)
-    tokenizer = AutoTokenizer.from_pretrained(base_path)
     settings = {**nanonet_settings(args), "seed": seed}
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -204,17 +194,13 @@ def run_setting(dataset: str, labels_per_class: int, seed: int, args, methods: s
             except (ImportError, FileNotFoundError) as error:
                 logger.warning("no generated text: %s", error)
 
-        def pool_with_logits(teacher: str, extra=None):
-            unlabeled = data.unlabeled if extra is None else concatenate_datasets([data.unlabeled, extra.cast(data.unlabeled.features)])
-            train = add_teacher_logits(training_dataset(data.labeled, unlabeled), teachers[teacher], label_names=data.label_names)
-            rows = train.select(range(len(data.labeled), min(len(train), len(data.labeled) + 1000)))
-            return train, (rows["text"], np.asarray(rows["teacher_logits"]).argmax(-1))
+        def pool(extra=None):
+            return data.unlabeled if extra is None else concatenate_datasets([data.unlabeled, extra.cast(data.unlabeled.features)])
 
-        if "supervised-student" in methods:
+        if "supervised-student" in methods:  # no distillation and no teacher: the trainer makes none
             began = time.perf_counter()
-            train = training_dataset(data.labeled, data.unlabeled.select([]))
             result = run_nanonet({**settings, "num_students": 1, "lambda_kd": 0.0, "lambda_mut": 0.0, "student_views": None},
-                                 base_path, tokenizer, data, train, test, None, scratch)  # fmt: skip
+                                 data, None, test, None, scratch)  # fmt: skip
             record("supervised-only student (LoRA)", result["chosen"], began)
 
         variants = []
@@ -236,8 +222,7 @@ def run_setting(dataset: str, labels_per_class: int, seed: int, args, methods: s
                     variants.append((name, main_teacher, change, None))
         for name, teacher, change, extra in variants:
             began = time.perf_counter()
-            train, reference = pool_with_logits(teacher, extra)
-            result = run_nanonet({**settings, **change}, base_path, tokenizer, data, train, test, reference, scratch)
+            result = run_nanonet({**settings, **change}, data, pool(extra), test, teachers[teacher], scratch)
             record(f"{name}: chosen student", result["chosen"], began, chosen=result["chosen_index"],
                    students=[s["accuracy"] for s in result["students"]])  # fmt: skip
             if result["ensemble"] and len(result["students"]) > 1:

@@ -41,7 +41,7 @@ from peft import LoraConfig
 from transformers import AutoConfig, AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
 
 from nanonet_hf.cohort import StudentCohort, keep_layers, select_adapter_layers, select_layers
-from nanonet_hf.losses import distillation_loss, mutual_loss, supervised_loss
+from nanonet_hf.losses import cohort_loss
 from nanonet_hf.resources import resolve_model_path
 
 NUM_CLASSES = 6
@@ -131,10 +131,7 @@ def benchmark_batch(args, device: torch.device) -> dict:
 
 
 def loss_of(logits: torch.Tensor, batch: dict) -> torch.Tensor:
-    unlabeled = (batch["labels"] == -100).float()
-    sup = supervised_loss(logits, batch["labels"])
-    kd = distillation_loss(logits, batch["teacher_logits"], temperature=2.0, weights=unlabeled)
-    return (sup + kd + mutual_loss(logits)).sum()
+    return cohort_loss(logits, batch["labels"], batch["teacher_logits"], temperature=2.0).total  # the trainer's loss
 
 
 class Runner:

@@ -36,7 +36,7 @@ from transformers import AutoConfig, AutoTokenizer
 
 from nanonet_hf.cohort import StudentCohort
 from nanonet_hf.data import load_trec6
-from nanonet_hf.losses import distillation_loss, mutual_loss, supervised_loss
+from nanonet_hf.losses import cohort_loss
 from nanonet_hf.resources import resolve_model_path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -68,9 +68,7 @@ def batches(tokenizer, count: int, batch_size: int, grouped: bool, pad_to: int |
 
 
 def loss_of(logits: torch.Tensor, batch: dict) -> torch.Tensor:
-    unlabeled = (batch["labels"] == -100).float()
-    kd = distillation_loss(logits.float(), batch["teacher_logits"], temperature=2.0, weights=unlabeled)
-    return (supervised_loss(logits.float(), batch["labels"]) + kd + mutual_loss(logits.float())).sum()
+    return cohort_loss(logits.float(), batch["labels"], batch["teacher_logits"], temperature=2.0).total  # the trainer's
 
 
 class Variant:

@@ -8,7 +8,7 @@ from .cohort import StudentCohort
 from .data import CohortCollator, FewShotData, MixedBatchSampler, load_builtin_dataset, prepare_data, training_dataset
 from .export import ExportedStudent, export_student
 from .generation import generate_unlabeled
-from .losses import confidence_need_weights, distillation_loss, linear_rampup, mutual_loss, supervised_loss
+from .losses import cohort_loss, confidence_need_weights, distillation_loss, linear_rampup, mutual_loss, supervised_loss
 from .metrics import classification_metrics, cohort_metrics
 from .mutual_distillation_config import MutualDistillationConfig
 from .mutual_distillation_trainer import MutualDistillationTrainer
@@ -30,6 +30,7 @@ __all__ = [
     "StudentViews",
     "add_teacher_logits",
     "classification_metrics",
+    "cohort_loss",
     "cohort_metrics",
     "confidence_need_weights",
     "distillation_loss",

@@ -177,6 +177,41 @@ def load_base(
     return LoadedBase(model, kept, new_weights)
 
 
+def check_base(model_name_or_path: str, args) -> Architecture:
+    """Read the base's config only and raise, before any weight is loaded, for an unsupported architecture or a cut
+    (`args.student_layers`, `args.adapter_layers`) it cannot take. `args`: a [`MutualDistillationConfig`]."""
+    config = AutoConfig.from_pretrained(model_name_or_path)
+    architecture = architecture_of(config)
+    kept = select_layers(config.num_hidden_layers, parse_student_layers(args.student_layers), architecture)
+    select_adapter_layers(len(kept), parse_student_layers(args.adapter_layers, "adapter_layers"))
+    return architecture
+
+
+def check_cohort_matches(cohort: "StudentCohort", args) -> None:
+    """Raise unless a hand-built cohort is the one `args` describes (K, kept layers, adapted layers, adapter type):
+    the config is the single source of truth of the run, and its card reports the config's values."""
+    problems = []
+    if cohort.num_students != args.num_students:
+        problems.append(f"num_students: the cohort has {cohort.num_students}, args say {args.num_students}")
+    if cohort.adapter_type != args.adapter_type:
+        problems.append(f"adapter_type: the cohort's is {cohort.adapter_type!r}, args say {args.adapter_type!r}")
+    total = AutoConfig.from_pretrained(cohort.base_model_name_or_path).num_hidden_layers
+    kept = select_layers(total, parse_student_layers(args.student_layers), cohort.architecture)
+    if kept != cohort.student_layers:
+        problems.append(f"student_layers: the cohort keeps layers {cohort.student_layers}, args give {kept}")
+    elif args.adapter_layers is not None:
+        adapted = select_adapter_layers(len(kept), parse_student_layers(args.adapter_layers, "adapter_layers"))
+        if cohort.shared_layers != adapted[0]:
+            problems.append(
+                f"adapter_layers: the cohort's first adapted layer is {cohort.shared_layers}, args give {adapted}"
+            )
+    if problems:
+        raise ValueError(
+            "The StudentCohort disagrees with the MutualDistillationConfig: " + "; ".join(problems) + ". Pass the base "
+            "model's id as `model` to build the cohort from the config, or make the two agree."
+        )
+
+
 def check_adapter_config(config: PeftConfig) -> None:
     """Refuse adapter settings that cannot route a mixed adapter batch (PEFT would ignore or reject the routing)."""
     if not isinstance(config, LoraConfig):

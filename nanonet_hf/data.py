@@ -155,7 +155,7 @@ def _select_columns(dataset: Dataset, path: str, columns: dict[str, str]) -> Dat
     """Keep `columns` (file name → canonical name), or raise naming what is missing and what the file has."""
     missing = [name for name in columns if name not in dataset.column_names]
     if missing:
-        option = {"text": "--text_column", "label": "--label_column"}
+        option = {"text": "text_column", "label": "label_column"}
         hints = ", ".join(f"{name!r} (set {option[columns[name]]})" for name in missing)
         raise ValueError(f"{path} has no column {hints}; its columns are {dataset.column_names}.")
     dataset = dataset.select_columns(list(columns))
@@ -182,9 +182,21 @@ def read_labeled_file(
     """
     dataset = _select_columns(_read_table(path), path, {text_column: "text", label_column: "label"})
     _check_texts(dataset, path)
-    raw = dataset["label"]
+    return _as_class_labels(dataset, path, label_column, label_names)
+
+
+def _as_class_labels(dataset: Dataset, source: str, label_column: str, label_names: Sequence[str] | None) -> Dataset:
+    """`text` + `label` rows whose labels are ids, names or a `ClassLabel` -> `label` as a `ClassLabel`."""
+    feature = dataset.features["label"]
+    if isinstance(feature, ClassLabel):
+        names = list(feature.names)
+        if label_names is None or names == list(label_names):
+            return dataset
+        raw = [names[i] for i in dataset["label"]]  # map by name onto the given label space
+    else:
+        raw = dataset["label"]
     if any(value is None for value in raw):
-        raise ValueError(f"{path}: {sum(value is None for value in raw)} rows have no {label_column!r} value.")
+        raise ValueError(f"{source}: {sum(value is None for value in raw)} rows have no {label_column!r} value.")
     as_ids = all(isinstance(value, int) and not isinstance(value, bool) for value in raw)
     if label_names is None:
         label_names = [str(i) for i in range(max(raw) + 1)] if as_ids else sorted({str(value) for value in raw})
@@ -198,10 +210,58 @@ def read_labeled_file(
         ids = [index.get(str(value), -1) for value in raw]
     if unknown:
         raise ValueError(
-            f"{path}: unknown label(s) {unknown[:10]} in column {label_column!r}; the label set is {label_names}."
+            f"{source}: unknown label(s) {unknown[:10]} in column {label_column!r}; the label set is {label_names}."
         )
     features = Features({"text": Value("string"), "label": ClassLabel(names=label_names)})
     return Dataset.from_dict({"text": dataset["text"], "label": ids}, features=features)
+
+
+def check_every_class_labeled(labeled: Dataset, source: str) -> None:
+    """Raise, naming the classes, unless every class of the `label` `ClassLabel` has a labeled row: integer labels
+    0..5 plus one typo `99` would otherwise train a 100-class model with 94 classes it never saw."""
+    names = labeled.features["label"].names
+    counts = np.bincount(np.asarray(labeled["label"], dtype=np.int64), minlength=len(names))
+    empty = [names[c] for c in range(len(names)) if counts[c] == 0]
+    if empty:
+        seen = [names[c] for c in range(len(names)) if counts[c]]
+        raise ValueError(
+            f"{source}: {len(empty)} of {len(names)} classes have no labeled example: {empty[:20]}"
+            f"{' ...' if len(empty) > 20 else ''} (labeled classes: {seen[:20]}). A typo in an integer label makes "
+            "ids up to it classes; fix the labels, or give the label names so that every class has an example."
+        )
+
+
+def labeled_rows(
+    dataset: Dataset,
+    text_column: str = "text",
+    label_column: str = "label",
+    *,
+    label_names: Sequence[str] | None = None,
+    source: str = "train_dataset",
+) -> Dataset:
+    """A user's labeled `datasets.Dataset` (any columns) -> `text` + `label` (`ClassLabel`), checked like a file: the
+    columns exist (else the error lists what it has), texts are non-empty strings, labels are ids, names or a
+    `ClassLabel` within `label_names` when given."""
+    dataset = _select_columns(dataset, source, {text_column: "text", label_column: "label"})
+    _check_texts(dataset, source)
+    return _as_class_labels(dataset, source, label_column, label_names)
+
+
+def unlabeled_rows(
+    dataset: Dataset | None, text_column: str = "text", label_column: str = "label", source: str = "unlabeled_dataset"
+) -> Dataset:
+    """A user's unlabeled texts -> a `text` column (empty without a dataset). A label column there is dropped with a
+    warning: unlabeled rows are distilled from the teacher, and their labels must not leak into training."""
+    if dataset is None:
+        return Dataset.from_dict({"text": []}, features=Features({"text": Value("string")}))
+    if label_column in dataset.column_names:
+        logger.warning(
+            "%s has a %r column: it is ignored (unlabeled rows learn from the teacher only). Put labeled rows in "
+            "train_dataset if they are meant as labels.", source, label_column,
+        )  # fmt: skip
+    dataset = _select_columns(dataset, source, {text_column: "text"})
+    _check_texts(dataset, source)
+    return dataset.cast(Features({"text": Value("string")}))
 
 
 # ---- budgeted label split ----
@@ -283,6 +343,7 @@ def prepare_data(
 
     if len(pool) == 0:
         raise ValueError(f"The labeled set ({labeled_file or dataset}) is empty.")
+    check_every_class_labeled(pool, labeled_file or dataset)
     if labels_per_class is not None:
         labeled, rest = sample_per_class(pool, labels_per_class, seed)
         unlabeled = rest.remove_columns("label")
@@ -300,6 +361,7 @@ def prepare_data(
         unlabeled = unlabeled.select(sorted(keep.tolist()))
     if test is not None:
         warn_about_overlap(labeled, unlabeled, test)
+    labeled.info.dataset_name = dataset or labeled_file  # the model card names (and, if built in, links) the data
     return FewShotData(labeled=labeled, unlabeled=unlabeled, test=test)
 
 

@@ -177,3 +177,54 @@ def linear_rampup(step: int, total_steps: int, *, ratio: float) -> float:
     if ramp_steps <= 0:
         return 1.0
     return min(1.0, step / ramp_steps)
+
+
+class CohortLoss(NamedTuple):
+    """The step's loss and its terms: `total` (scalar, Σ_k L^k, what is back-propagated), `per_student` `[K]` (L^k),
+    and each term before weighting, `[K]`: `supervised`, `distillation`, `mutual`."""
+
+    total: torch.Tensor
+    per_student: torch.Tensor
+    supervised: torch.Tensor
+    distillation: torch.Tensor
+    mutual: torch.Tensor
+
+
+def cohort_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    teacher_logits: torch.Tensor | None = None,
+    *,
+    temperature: float = 2.0,
+    lambda_kd: float = 1.0,
+    lambda_mut: float = 1.0,
+    mutual_weight: float = 1.0,
+    mutual_kind: str = "kl",
+    kd_weights: torch.Tensor | None = None,
+) -> CohortLoss:
+    """The loss of the cohort, for each student k (METHOD.md):
+
+        L^k = CE(z_k(x_l), y) + λ_kd · KD(t(x_u) ‖ z_k(x_u)) + λ_mut · r · 1/(K−1) Σ_{j≠k} D(z_k, stopgrad z_j)
+
+    The one definition the trainer and the benchmarks share.
+
+    Args:
+        logits (`torch.Tensor`): `[B, K, C]` student logits.
+        labels (`torch.Tensor`): `[B]` class ids, `-100` on unlabeled rows.
+        teacher_logits (`torch.Tensor`, *optional*): `[B, C]`; without them (or with `lambda_kd` 0) KD is zero.
+        temperature (`float`): the distillation temperature τ.
+        lambda_kd, lambda_mut (`float`): the weights of distillation and of the mutual term.
+        mutual_weight (`float`): r, the ramp-up of the mutual term ([`linear_rampup`]).
+        mutual_kind (`str`): `"kl"` or `"mse"` ([`mutual_loss`]).
+        kd_weights (`torch.Tensor`, *optional*): distillation row weights `[B]` or `[B, K]` (LLKD's
+            [`confidence_need_weights`]); defaults to the unlabeled rows.
+    """
+    supervised = supervised_loss(logits, labels)
+    if teacher_logits is not None and lambda_kd > 0:
+        weights = kd_weights if kd_weights is not None else labels == IGNORE_INDEX
+        distillation = distillation_loss(logits, teacher_logits, temperature=temperature, weights=weights)
+    else:
+        distillation = torch.zeros_like(supervised)
+    mutual = mutual_loss(logits, kind=mutual_kind)
+    per_student = supervised + lambda_kd * distillation + lambda_mut * mutual_weight * mutual
+    return CohortLoss(per_student.sum(), per_student, supervised, distillation, mutual)

@@ -1,23 +1,39 @@
-"""Offline classification metrics for one model or a whole cohort.
+"""Classification metrics for one model or a whole cohort, and the student selection rule.
 
-`evaluate.load("accuracy")` fetches its script from the Hub, so these are computed with numpy.
+Accuracy and macro-F1 are local `evaluate` modules (`nanonet_hf/evaluate_modules/`), loaded offline and combined with
+`evaluate.combine`; `evaluate.load("accuracy")` would fetch its script from the Hub. Users can load them the same
+way: `evaluate.load(nanonet_hf.metrics.evaluate_module("macro_f1"))`.
 """
 
+import functools
+import os
+
+import evaluate
 import numpy as np
 from transformers import EvalPrediction
+
+MODULES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "evaluate_modules")
+
+
+def evaluate_module(name: str) -> str:
+    """Folder of one of nanonet's `evaluate` modules (`"accuracy"`, `"macro_f1"`), for `evaluate.load`."""
+    path = os.path.join(MODULES_DIR, name)
+    if not os.path.isfile(os.path.join(path, f"{name}.py")):
+        raise ValueError(f"No evaluate module {name!r}; nanonet has {sorted(os.listdir(MODULES_DIR))}.")
+    return path
+
+
+@functools.cache
+def classification_evaluator() -> evaluate.CombinedEvaluations:
+    """Accuracy and macro-F1 in one `evaluate.combine`d evaluator; `compute(predictions=, references=, num_classes=)`."""
+    return evaluate.combine([evaluate.load(evaluate_module("accuracy")), evaluate.load(evaluate_module("macro_f1"))])
 
 
 def classification_metrics(predictions: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, float]:
     """Accuracy and macro-F1 (mean over `num_classes` classes; a class never predicted nor present scores 0)."""
-    predictions, labels = np.asarray(predictions), np.asarray(labels)
-    accuracy = float((predictions == labels).mean()) if len(labels) else 0.0
-    f1s = []
-    for c in range(num_classes):
-        tp = np.sum((predictions == c) & (labels == c))
-        fp = np.sum((predictions == c) & (labels != c))
-        fn = np.sum((predictions != c) & (labels == c))
-        f1s.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
-    return {"accuracy": accuracy, "macro_f1": float(np.mean(f1s))}
+    predictions, labels = np.asarray(predictions, dtype=np.int64), np.asarray(labels, dtype=np.int64)
+    scores = classification_evaluator().compute(predictions=predictions, references=labels, num_classes=num_classes)
+    return {"accuracy": float(scores["accuracy"]), "macro_f1": float(scores["macro_f1"])}
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -59,3 +75,32 @@ def agreement_choice(student_logits: np.ndarray, reference: np.ndarray) -> int:
     """
     agreement = (np.asarray(student_logits).argmax(-1) == np.asarray(reference)[:, None]).mean(axis=0)  # [K]
     return int(np.argmax(agreement))
+
+
+def _row(name: str, metrics: dict | None) -> str:
+    if not metrics:
+        return f"| {name:<28} |        - |        - |"
+    return f"| {name:<28} | {100 * metrics['accuracy']:7.2f}% | {100 * metrics['macro_f1']:7.2f}% |"
+
+
+def results_table(results: dict) -> str:
+    """A run's results (`MutualDistillationTrainer.results()`) as a Markdown table: teacher, supervised-only student,
+    each student (the exported one marked) and the ensemble, accuracy and macro-F1 on the eval set."""
+    lines = [f"| {'model':<28} | accuracy | macro-F1 |", f"|{'-' * 30}|{'-' * 10}|{'-' * 10}|"]
+    lines.append(_row("teacher", results["teacher"]))
+    lines.append(_row("supervised-only student", results.get("supervised_only")))
+    for k, metrics in enumerate(results["students"] or []):
+        mark = " (exported)" if k == results["chosen_student"] else ""
+        lines.append(_row(f"student {k}{mark}", metrics))
+    lines.append(_row("ensemble of students", results["ensemble"]))
+    return "\n".join(lines)
+
+
+def run_summary(results: dict) -> str:
+    """One paragraph under the table: the label budget, the cohort, the chosen student, the wall time."""
+    budget, cohort = results["label_budget"], results["cohort"]
+    return (
+        f"{budget['labeled']} labels ({budget['labels_per_class']}/class), {budget['unlabeled']} unlabeled, "
+        f"{budget['test']} test rows; {cohort['num_students']} students, {cohort['steps']} steps; student "
+        f"{results['chosen_student']} chosen by {results['selection']}; wall time {results['wall_time_s']['total_s']:.0f} s."
+    )

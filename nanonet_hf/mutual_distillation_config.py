@@ -90,16 +90,45 @@ class MutualDistillationConfig(TrainingArguments):
 
     > Parameters that control the data
 
+    text_column (`str`, *optional*, defaults to `"text"`), label_column (`str`, *optional*, defaults to `"label"`):
+        Columns of the raw rows given to the trainer (labels as ids, names or a `ClassLabel`), like SetFit's column
+        mapping.
     unlabeled_ratio (`float`, *optional*, defaults to `3.0`):
         Unlabeled rows per labeled row in each training batch.
     max_length (`int`, *optional*, defaults to `64`):
-        Maximum tokens per text.
+        Maximum tokens per text, for the students and the teacher.
 
-    > Changed defaults of TrainingArguments
+    > Parameters that control the teacher trained when none is given
+
+    teacher_type (`str`, *optional*, defaults to `"fine_tune"`):
+        `"fine_tune"`: a full fine-tune of the base (or of `teacher_model`) on the labeled rows; `"setfit"`: SetFit on
+        the base (or on `teacher_model`, a sentence-transformers body; needs `setfit`).
+    teacher_num_train_epochs (`float`, *optional*, defaults to `20`), teacher_learning_rate (`float`, *optional*,
+        defaults to `3e-4`): the fine-tune's schedule (few labels want many epochs and a high rate).
+    setfit_iterations (`int`, *optional*, defaults to `20`):
+        SetFit teacher: contrastive pairs per labeled text.
+
+    > Parameters that control the exported student
+
+    selection_rows (`int`, *optional*, defaults to `1000`):
+        Unlabeled rows on which each student's predictions are compared with the teacher's; the one that agrees most
+        is exported ([`MutualDistillationTrainer.select_student`]).
+    card_license (`str`, *optional*, defaults to `"apache-2.0"`):
+        License written in the model card; it must agree with the base model's and the data's.
+
+    > Changed defaults of TrainingArguments: the recommended settings (those of the default run), so that a run on
+    > a user's own data finishes in minutes on a CPU
 
     learning_rate (`float`, defaults to `1e-3`): LoRA wants a high learning rate; at 5e-5 it learns nothing in a
         short run.
-    logging_steps (`float`, defaults to `10`).
+    max_steps (`int`, defaults to `300`): a few hundred steps; Trainer's 3 epochs over a pool of thousands of
+        unlabeled rows would take hours on a CPU and gain nothing measurable.
+    per_device_train_batch_size (`int`, defaults to `32`): 8 labeled + 24 unlabeled rows at `unlabeled_ratio=3`.
+    warmup_steps (`float`, defaults to `0.1`): a tenth of the steps.
+    train_sampling_strategy (`str`, defaults to `"group_by_length"`): rows of similar length share a batch (less
+        padding); labeled and unlabeled rows are still mixed in every batch.
+    logging_steps (`float`, defaults to `25`).
+    seed (`int`, defaults to `0`): the default run's, and [`nanonet_hf.prepare_data`]'s.
     ddp_find_unused_parameters (`bool`, defaults to `False`): Trainer would turn it on for any model that is not a
         `PreTrainedModel`; every trainable tensor of a cohort gets a gradient at every step, so the search is waste.
     label_names (`list[str]`, defaults to `["labels"]`): the cohort's forward takes no labels, so Trainer cannot
@@ -181,12 +210,48 @@ class MutualDistillationConfig(TrainingArguments):
     )
 
     # ---- data ----
+    text_column: str = field(default="text", metadata={"help": "Text column of the labeled, unlabeled and eval rows."})
+    label_column: str = field(
+        default="label", metadata={"help": "Label column of the labeled and eval rows (ids, names or a ClassLabel)."}
+    )
     unlabeled_ratio: float = field(default=3.0, metadata={"help": "Unlabeled rows per labeled row in a training batch."})
     max_length: int = field(default=64, metadata={"help": "Maximum tokens per text."})
 
+    # ---- teacher (when none is given, one is trained on the labeled rows) ----
+    teacher_type: str = field(
+        default="fine_tune",
+        metadata={
+            "help": "How the teacher is made: 'fine_tune' (full fine-tune of the base, or of teacher_model, on the "
+            "labels) or 'setfit' (SetFit on the base or on teacher_model, a sentence-transformers body; needs setfit).",
+            "choices": ["fine_tune", "setfit"],
+        },
+    )
+    teacher_num_train_epochs: float = field(default=20, metadata={"help": "Epochs of the teacher fine-tune."})
+    teacher_learning_rate: float = field(
+        default=3e-4, metadata={"help": "Learning rate of the teacher fine-tune (few labels want a high one)."}
+    )
+    setfit_iterations: int = field(default=20, metadata={"help": "SetFit teacher: contrastive pairs per labeled text."})
+
+    # ---- the exported student ----
+    selection_rows: int = field(
+        default=1000, metadata={"help": "Unlabeled rows on which the students are compared with the teacher to pick one."}
+    )
+    card_license: str = field(
+        default="apache-2.0", metadata={"help": "License in the model card; match the base model's and the data's."}
+    )
+
     # ---- changed defaults ----
     learning_rate: float = field(default=1e-3, metadata={"help": "Initial learning rate (LoRA wants ~1e-3)."})
-    logging_steps: float = field(default=10, metadata={"help": "Log every X updates steps."})
+    max_steps: int = field(default=300, metadata={"help": "Training steps (the recommended few hundred; -1: epochs)."})
+    per_device_train_batch_size: int = field(default=32, metadata={"help": "Rows per batch, labeled and unlabeled."})
+    warmup_steps: float = field(default=0.1, metadata={"help": "Warm-up steps (a float < 1: a share of max_steps)."})
+    train_sampling_strategy: str = field(
+        default="group_by_length",
+        metadata={"help": "'group_by_length' (rows of similar length share a batch) or 'random'.",
+                  "choices": ["group_by_length", "random"]},
+    )  # fmt: skip
+    logging_steps: float = field(default=25, metadata={"help": "Log every X updates steps."})
+    seed: int = field(default=0, metadata={"help": "Seed of the label draw, the teacher, the students and the order."})
     ddp_find_unused_parameters: bool | None = field(
         default=False,
         metadata={"help": "Every student's adapter and head get a gradient at every step, so DDP need not search."},
@@ -231,6 +296,10 @@ class MutualDistillationConfig(TrainingArguments):
         for name in ("lambda_kd", "lambda_mut", "lambda_teacher_mutual", "unlabeled_ratio", "lora_dropout"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.teacher_type not in ("fine_tune", "setfit"):
+            raise ValueError(f"teacher_type must be 'fine_tune' or 'setfit', got {self.teacher_type!r}")
+        if self.selection_rows < 1:
+            raise ValueError(f"selection_rows must be at least 1, got {self.selection_rows}")
         if self.kd_weighting not in ("none", "confidence_need"):
             raise ValueError(f"kd_weighting must be 'none' or 'confidence_need', got {self.kd_weighting!r}")
         if not 0 <= self.threshold_momentum <= 1:

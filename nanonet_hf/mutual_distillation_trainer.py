@@ -1,9 +1,12 @@
 import logging
 import os
+import platform
 import re
+import time
 from collections import defaultdict
 from collections.abc import Callable
 
+import numpy as np
 import safetensors.torch
 import torch
 from datasets import Dataset
@@ -21,19 +24,36 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import SAFE_WEIGHTS_NAME
 
-from .cohort import StudentCohort
-from .data import MODEL_INPUT_NAMES, CohortCollator, MixedBatchSampler
+from .cohort import StudentCohort, check_base, check_cohort_matches
+from .data import (
+    MODEL_INPUT_NAMES,
+    CohortCollator,
+    MixedBatchSampler,
+    check_every_class_labeled,
+    labeled_rows,
+    tokenize,
+    training_dataset,
+    unlabeled_rows,
+)
+from .export import export_student
+from .files import atomic_directory, write_json
+from .hub.card import CardData, CardDataCallback, learning_curves, package_versions, write_model_card
+from .hub.push import PushResult, check_repo_id, push_student
+from .inference import predict_logits
 from .losses import (
     IGNORE_INDEX,
     class_sums,
+    cohort_loss,
     confidence_need_weights,
     distillation_loss,
     linear_rampup,
-    mutual_loss,
     supervised_loss,
 )
-from .metrics import cohort_metrics
+from .metrics import agreement_choice, classification_metrics, cohort_metrics
 from .mutual_distillation_config import MutualDistillationConfig
+from .resources import resolve_model_path
+from .setfit_teacher import SetFitTeacher
+from .teacher import add_teacher_logits, check_teacher, train_teacher
 from .views import StudentViews, adversarial_step, make_student_views, parse_views
 from .weighting import AdaptiveThresholds
 
@@ -41,36 +61,51 @@ logger = logging.getLogger(__name__)
 
 
 class MutualDistillationTrainer(Trainer):
-    """Trains a [`StudentCohort`]: K students on one frozen base, all in one forward per step.
+    """Trains a [`StudentCohort`]: K students on one frozen base, all in one forward per step, and owns the pipeline
+    around it: raw labeled and unlabeled rows in, the teacher's logits computed and cached inside, the chosen student
+    out as a plain transformers model with its card.
 
     For student k, with labeled rows (x_l, y) and unlabeled rows x_u in the same batch:
 
         L^k = CE(z_k(x_l), y) + λ_kd · KD(t(x_u) ‖ z_k(x_u)) + λ_mut · r(t) · 1/(K−1) Σ_{j≠k} D(z_k, stopgrad z_j)
 
-    and the step minimises Σ_k L^k. Teacher logits `t` come precomputed in a `teacher_logits` column (see
-    [`nanonet_hf.teacher.add_teacher_logits`]); without that column the KD term is off. With `args.online_teacher`,
-    `teacher_model` trains along (cross-entropy on the labeled rows, optionally distillation from the students) and
-    its live logits are `t`. Either is divided by `args.teacher_temperature` first. With `args.student_views`,
-    student k sees its own view of the batch ([`nanonet_hf.views`]) in training.
+    and the step minimises Σ_k L^k ([`nanonet_hf.losses.cohort_loss`]). Teacher logits `t` are computed once from
+    `teacher_model` and cached ([`nanonet_hf.teacher.add_teacher_logits`]). With `args.online_teacher`, the teacher
+    trains along (cross-entropy on the labeled rows, optionally distillation from the students) and its live logits
+    are `t`. Either is divided by `args.teacher_temperature` first. With `args.student_views`, student k sees its own
+    view of the batch ([`nanonet_hf.views`]) in training.
+
+    Example:
+
+        trainer = MutualDistillationTrainer(
+            model="sentence-transformers/all-MiniLM-L6-v2", args=MutualDistillationConfig("out"),
+            train_dataset=labeled, unlabeled_dataset=pool, eval_dataset=test,
+        )
+        trainer.train()
+        trainer.save_model()  # out/student: AutoModelForSequenceClassification.from_pretrained loads it
 
     Args:
         model ([`StudentCohort`] or `str`):
-            The cohort, or a base model path/id from which one is built with the cohort settings of `args` and the
-            label names of `train_dataset`'s `labels` (or `label`) `ClassLabel` feature.
+            A base model id/folder, from which the cohort is built with the cohort settings of `args` (the single
+            source of K, layers and adapters), or a cohort built by hand, which must agree with `args`.
+        teacher_model (`str`, [`SetFitTeacher`] or [`~transformers.PreTrainedModel`], *optional*):
+            A sequence classifier id/folder with the data's labels, a body for SetFit (`args.teacher_type="setfit"`),
+            or a [`SetFitTeacher`]. `None`: one is trained here on the labeled rows (a full fine-tune of the base, or
+            SetFit on it), into `output_dir/teacher`. With `args.online_teacher`, the classifier trained along.
         args ([`MutualDistillationConfig`], *optional*):
             Training configuration; defaults to one with `output_dir="nanonet_output"`.
-        train_dataset (`datasets.Dataset`, *optional*):
-            Tokenized rows with `labels` (-100 for unlabeled), optional `teacher_logits`, labeled rows first (see
-            [`nanonet_hf.data.training_dataset`]).
+        train_dataset (`datasets.Dataset`):
+            Labeled rows: a text and a label column (`args.text_column`, `args.label_column`; labels as ids, names or
+            a `ClassLabel`). Ready-made rows (tokenized `input_ids`, `labels` with -100 on unlabeled rows, labeled rows
+            first, optional `teacher_logits`; [`nanonet_hf.data.training_dataset`]) are taken as they are.
+        unlabeled_dataset (`datasets.Dataset`, *optional*):
+            Raw unlabeled texts (`args.text_column`), distilled from the teacher.
         eval_dataset (`datasets.Dataset` or `dict[str, datasets.Dataset]`, *optional*):
-            Tokenized labeled rows; evaluation reports each student, the ensemble and the best student.
+            Labeled rows, raw or tokenized; evaluation reports each student, the ensemble and the best student.
         processing_class ([`~transformers.PreTrainedTokenizerBase`], *optional*):
-            Tokenizer; loaded from `model` when that is a path.
+            The students' tokenizer; loaded from the base when not given.
         data_collator, compute_metrics, callbacks, optimizers:
             As in [`~transformers.Trainer`]; defaults are [`CohortCollator`] and [`cohort_metrics`].
-        teacher_model ([`~transformers.PreTrainedModel`] or `str`, *optional*):
-            The online teacher (`args.online_teacher`): a sequence classifier with the cohort's labels and tokenizer,
-            e.g. the full-depth base fine-tuned on the labels (`nanonet_hf.train_teacher`).
     """
 
     _tag_names = ["nanonet", "mutual-distillation", "peft"]
@@ -82,51 +117,107 @@ class MutualDistillationTrainer(Trainer):
     def __init__(
         self,
         model: StudentCohort | str,
+        teacher_model: "str | PreTrainedModel | SetFitTeacher | None" = None,
         args: MutualDistillationConfig | None = None,
         data_collator: Callable | None = None,
         train_dataset: Dataset | None = None,
+        unlabeled_dataset: Dataset | None = None,
         eval_dataset: Dataset | dict[str, Dataset] | None = None,
         processing_class: PreTrainedTokenizerBase | None = None,
         compute_metrics: Callable[[EvalPrediction], dict] | None = None,
         callbacks: list[TrainerCallback] | None = None,
         optimizers: tuple = (None, None),
-        teacher_model: PreTrainedModel | str | None = None,
     ):
+        started = time.perf_counter()
         # ---- args ----
         if args is None:
             args = MutualDistillationConfig(output_dir="nanonet_output")
         if not isinstance(args, MutualDistillationConfig):
             raise TypeError(f"args must be a MutualDistillationConfig, got {type(args).__name__}")
-
-        # ---- model ----
-        if isinstance(model, (str, os.PathLike)):
-            if processing_class is None:
-                processing_class = AutoTokenizer.from_pretrained(model)
-            model = StudentCohort.from_pretrained(
-                model, id2label=_id2label_from(train_dataset, eval_dataset), **args.cohort_kwargs()
+        if args.train_sampling_strategy not in ("random", "group_by_length"):
+            raise ValueError(
+                f"train_sampling_strategy={args.train_sampling_strategy!r} is not supported: every batch mixes "
+                "labeled and unlabeled rows in a seeded order (MixedBatchSampler). Use 'random' or 'group_by_length'."
             )
-        if not isinstance(model, StudentCohort):
-            raise TypeError(f"model must be a StudentCohort or a model path, got {type(model).__name__}")
 
-        # ---- views and online teacher ----
+        self.card_data = CardData()  # gathered during the run (CardDataCallback), rendered by save_model
+        # ---- data: every input is checked before any work ----
+        raw = train_dataset is not None and "input_ids" not in train_dataset.column_names
+        self.labeled = self.unlabeled = None  # the raw rows, for selection and the card
+        if raw:
+            self.labeled = labeled_rows(train_dataset, args.text_column, args.label_column)
+            check_every_class_labeled(self.labeled, "train_dataset")
+            self.unlabeled = unlabeled_rows(unlabeled_dataset, args.text_column, args.label_column)
+            label_names = self.labeled.features["label"].names
+            # the card's dataset (DatasetInfo.dataset_name, set by prepare_data) and label budget, when they show
+            self.card_data.dataset = train_dataset.info.dataset_name
+            counts = set(np.bincount(np.asarray(self.labeled["label"]), minlength=len(label_names)).tolist())
+            self.card_data.labels_per_class = counts.pop() if len(counts) == 1 else None
+            eval_dataset = _map_eval(eval_dataset, lambda rows, key: labeled_rows(
+                rows, args.text_column, args.label_column, label_names=label_names, source=key
+            ))  # fmt: skip
+        elif unlabeled_dataset is not None:
+            raise ValueError(
+                "unlabeled_dataset goes with raw labeled rows; a tokenized train_dataset already holds its unlabeled "
+                "rows (labels -100, after the labeled ones: nanonet_hf.data.training_dataset)."
+            )
+        id2label = dict(enumerate(label_names)) if raw else None
+
+        # ---- model: one source of truth for K, layers and adapters ----
+        self.base_model_name = str(model) if isinstance(model, (str, os.PathLike)) else None
+        if isinstance(model, (str, os.PathLike)):
+            base_path = resolve_model_path(str(model))
+            check_base(base_path, args)  # an unsupported architecture or a bad cut fails before any weight is read
+            if processing_class is None:
+                processing_class = AutoTokenizer.from_pretrained(base_path)
+            teacher_model = self._check_teacher(teacher_model, args, label_names if raw else None, processing_class)
+            model = StudentCohort.from_pretrained(
+                base_path, id2label=id2label or _id2label_from(train_dataset, eval_dataset), **args.cohort_kwargs()
+            )
+        elif isinstance(model, StudentCohort):
+            check_cohort_matches(model, args)
+            self.base_model_name = model.base_model_name_or_path
+            if processing_class is None and raw:
+                processing_class = AutoTokenizer.from_pretrained(model.base_model_name_or_path)
+            teacher_model = self._check_teacher(teacher_model, args, label_names if raw else None, processing_class)
+        else:
+            raise TypeError(f"model must be a StudentCohort or a model path, got {type(model).__name__}")
+        if raw and [model.config.id2label[i] for i in range(model.config.num_labels)] != list(label_names):
+            raise ValueError(
+                f"The cohort predicts {[model.config.id2label[i] for i in range(model.config.num_labels)]}, but "
+                f"train_dataset's labels are {list(label_names)}; build it with id2label from the data."
+            )
+
+        # ---- views ----
         self.student_views = parse_views(args.student_views, model.num_students)
         model.check_views(self.student_views)  # e.g. shuffle on a model with relative positions: refused before training
+
+        # ---- teacher: trained if none was given, its logits computed once and cached ----
+        self.card_data.base_model = self.base_model_name
+        self.teacher = None  # what teacher logits are computed with (a classifier folder or a SetFitTeacher)
+        if raw:
+            t0 = time.perf_counter()
+            teacher_model = self._make_teacher(teacher_model, model, args)
+            rows = training_dataset(self.labeled, self.unlabeled)
+            if self.teacher is not None and not args.online_teacher:  # an online teacher's logits are live
+                with args.main_process_first(desc="teacher logits"):  # computed once, read by the other processes
+                    rows = add_teacher_logits(rows, self.teacher, label_names=label_names, max_length=args.max_length)
+            self.card_data.wall_time_s["teacher_s"] = time.perf_counter() - t0
+            train_dataset = tokenize(rows, processing_class, args.max_length)
+            eval_dataset = _map_eval(eval_dataset, lambda rows, key: tokenize(
+                rows.rename_column("label", "labels"), processing_class, args.max_length
+            ))  # fmt: skip
         if args.online_teacher:
             if teacher_model is None:
                 raise ValueError("online_teacher=True needs a teacher_model (a classifier with the cohort's labels).")
             if isinstance(teacher_model, (str, os.PathLike)):
                 teacher_model = AutoModelForSequenceClassification.from_pretrained(teacher_model, use_safetensors=True)
             model.attach_teacher(teacher_model)
-        elif teacher_model is not None:
-            raise ValueError("teacher_model is only used with online_teacher=True; an offline teacher's logits go in "
-                             "the `teacher_logits` column (nanonet_hf.add_teacher_logits).")
+        elif teacher_model is not None and not raw:
+            raise ValueError("With a tokenized train_dataset, the offline teacher's logits go in its `teacher_logits` "
+                             "column (nanonet_hf.add_teacher_logits); teacher_model is the online teacher only.")
 
         # ---- data ----
-        if args.train_sampling_strategy not in ("random", "group_by_length"):
-            raise ValueError(
-                f"train_sampling_strategy={args.train_sampling_strategy!r} is not supported: every batch mixes "
-                "labeled and unlabeled rows in a seeded order (MixedBatchSampler). Use 'random' or 'group_by_length'."
-            )
         if data_collator is None:
             if processing_class is None:
                 raise ValueError("Pass processing_class (the tokenizer) or a data_collator.")
@@ -136,9 +227,10 @@ class MutualDistillationTrainer(Trainer):
         # already passed through accelerator.gather; averaged and cleared in `log`
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
 
-        # ---- LLKD thresholds: a stateful callback, so checkpoints save and resume restores them ----
+        # ---- callbacks: the LLKD thresholds (stateful: checkpoints save them), the card's data ----
+        callbacks = [*(callbacks or []), CardDataCallback(self.card_data)]
         if args.kd_weighting == "confidence_need":
-            callbacks = [*(callbacks or []), AdaptiveThresholds(model.config.num_labels, momentum=args.threshold_momentum)]
+            callbacks.append(AdaptiveThresholds(model.config.num_labels, momentum=args.threshold_momentum))
 
         super().__init__(
             model=model,
@@ -151,8 +243,74 @@ class MutualDistillationTrainer(Trainer):
             callbacks=callbacks,
             optimizers=optimizers,
         )
-        if args.train_sampling_strategy == "group_by_length" and train_dataset is not None:
-            self._length_column(train_dataset)  # a dataset without token counts fails here, before any training
+        self.chosen_student: int | None = None
+        self.saved_results: dict | None = None  # what the last save_model wrote to results.json
+        self._saved_to, self._started = None, started
+
+    # ---- teacher ----
+
+    def _check_teacher(self, teacher_model, args: MutualDistillationConfig, label_names: list[str] | None, tokenizer):
+        """Resolve a teacher id to its folder and check a classifier's labels and tokenizer, before any work."""
+        if isinstance(teacher_model, (str, os.PathLike)):
+            teacher_model = resolve_model_path(str(teacher_model))
+            if label_names is not None and args.teacher_type == "fine_tune":  # a SetFit body has no label space yet
+                teacher_tokenizer = check_teacher(teacher_model, label_names)
+                if args.online_teacher and tokenizer is not None and teacher_tokenizer.get_vocab() != tokenizer.get_vocab():
+                    raise ValueError(
+                        f"online_teacher: the teacher {teacher_model} tokenizes differently from the students' base; an "
+                        "online teacher reads the students' token ids. Drop online_teacher to distil from its cached "
+                        "logits instead."
+                    )
+        if args.online_teacher and isinstance(teacher_model, SetFitTeacher):
+            raise ValueError("online_teacher trains a transformers classifier along; it cannot be a SetFit teacher.")
+        if args.online_teacher and teacher_model is None and args.teacher_type == "setfit":
+            raise ValueError("online_teacher trains a transformers classifier along; teacher_type='setfit' cannot.")
+        return teacher_model
+
+    def _make_teacher(self, teacher_model, cohort: StudentCohort, args: MutualDistillationConfig):
+        """Set `self.teacher` (what the cached logits come from) and the card's teacher name; train a teacher on the
+        labeled rows when none was given. Returns the online teacher (a folder or model) or `None`."""
+        base = cohort.base_model_name_or_path
+        described = self.base_model_name or base
+        if teacher_model is None and args.lambda_kd == 0 and not args.online_teacher:
+            return None  # no distillation: no teacher is made (a supervised-only run)
+        if isinstance(teacher_model, SetFitTeacher):
+            self.teacher, name = teacher_model, f"SetFit on {teacher_model.body_name_or_path}"
+        elif args.teacher_type == "setfit" and not isinstance(teacher_model, PreTrainedModel):
+            body = teacher_model or base  # in memory, trained on first use: not at all when its logits are cached
+            self.teacher = SetFitTeacher(body, self.labeled, num_iterations=args.setfit_iterations,
+                                         max_length=args.max_length, seed=args.seed)  # fmt: skip
+            name = f"SetFit ({args.setfit_iterations} pair iterations) on {teacher_model or described}"
+        elif isinstance(teacher_model, PreTrainedModel):
+            if not args.online_teacher:
+                raise ValueError("An in-memory teacher_model is trained along (online_teacher=True); for cached "
+                                 "logits, save it (save_pretrained) and pass its folder.")
+            return teacher_model
+        else:
+            name = teacher_model or "fine-tuned full-depth base (this run)"
+            if teacher_model is None:
+                teacher_model = train_teacher(
+                    base, self.labeled, os.path.join(args.output_dir, "teacher"),
+                    num_train_epochs=args.teacher_num_train_epochs, learning_rate=args.teacher_learning_rate,
+                    max_length=args.max_length, seed=args.seed,
+                )  # fmt: skip
+            self.teacher = teacher_model
+        self.card_data.teacher_name = name
+        return teacher_model if args.online_teacher else None
+
+    def teacher_logits(self, rows: Dataset) -> np.ndarray:
+        """The teacher's logits `[N, C]` for `rows` (a `text` column): the live online teacher, or the cached
+        offline teacher's (computed once under `main_process_first`)."""
+        cohort = self.accelerator.unwrap_model(self.model)
+        if cohort.teacher is not None:
+            return predict_logits(cohort.teacher, self.processing_class, list(rows["text"]), max_length=self.args.max_length)
+        if self.teacher is None:
+            raise ValueError("This trainer has no teacher: it was given tokenized rows with their teacher logits.")
+        label_names = [cohort.config.id2label[i] for i in range(cohort.config.num_labels)]
+        with self.args.main_process_first(desc="teacher logits"):
+            done = add_teacher_logits(rows.select_columns(["text"]), self.teacher, label_names=label_names,
+                                      max_length=self.args.max_length)  # fmt: skip
+        return np.asarray(done["teacher_logits"], dtype=np.float32)
 
     # ---- data ----
 
@@ -163,14 +321,9 @@ class MutualDistillationTrainer(Trainer):
             self._signature_columns = [*MODEL_INPUT_NAMES, "labels", "teacher_logits"]
 
     def _length_column(self, train_dataset: Dataset) -> str:
-        """The column that gives group_by_length its token counts: `length_column_name`, else `input_ids`."""
-        for column in (self.args.length_column_name, "input_ids"):
-            if column in train_dataset.column_names:
-                return column
-        raise ValueError(
-            f"group_by_length needs token counts: a `{self.args.length_column_name}` column "
-            "(`length_column_name`) or tokenized `input_ids` in the training dataset."
-        )
+        """The column that gives group_by_length its token counts: `length_column_name` if there is one, else the
+        tokenized `input_ids` (which every training dataset has: raw rows are tokenized in `__init__`)."""
+        return self.args.length_column_name if self.args.length_column_name in train_dataset.column_names else "input_ids"
 
     def _get_train_sampler(self, train_dataset: Dataset | None = None):
         train_dataset = train_dataset if train_dataset is not None else self.train_dataset
@@ -223,16 +376,15 @@ class MutualDistillationTrainer(Trainer):
             from_students = distillation_loss(live[:, None], logits.detach().mean(dim=1), temperature=args.temperature, weights=unlabeled)[0]
             teacher_loss = teacher_loss + args.lambda_teacher_mutual * from_students
 
-        sup = supervised_loss(logits, labels)  # [K]
-        if teacher_logits is not None and args.lambda_kd > 0:
-            weights = self._confidence_need(logits, teacher_logits, unlabeled) if args.kd_weighting == "confidence_need" else unlabeled
-            kd = distillation_loss(logits, teacher_logits, temperature=args.temperature, weights=weights)  # [K]
-        else:
-            kd = torch.zeros_like(sup)
-        mut = mutual_loss(logits, kind=args.mutual_loss)  # [K]
+        kd_weights = None
+        if teacher_logits is not None and args.lambda_kd > 0 and args.kd_weighting == "confidence_need":
+            kd_weights = self._confidence_need(logits, teacher_logits, unlabeled)
         ramp = linear_rampup(self.state.global_step, self.state.max_steps, ratio=args.rampup_ratio) if model.training else 1.0
-        per_student = sup + args.lambda_kd * kd + args.lambda_mut * ramp * mut  # [K]
-        loss = per_student.sum()
+        terms = cohort_loss(
+            logits, labels, teacher_logits, temperature=args.temperature, lambda_kd=args.lambda_kd,
+            lambda_mut=args.lambda_mut, mutual_weight=ramp, mutual_kind=args.mutual_loss, kd_weights=kd_weights,
+        )  # fmt: skip
+        sup, kd, mut, per_student, loss = terms.supervised, terms.distillation, terms.mutual, terms.per_student, terms.total
         mode = "train" if model.training else "eval"
         if teacher_loss is not None:
             loss = loss + teacher_loss
@@ -402,6 +554,253 @@ class MutualDistillationTrainer(Trainer):
 
     def _load_best_model(self) -> None:
         self._load_from_checkpoint(self.state.best_model_checkpoint)
+
+
+    # ---- the pipeline's end: choose, compare, save, publish ----
+
+    def select_student(self, max_rows: int | None = None) -> int:
+        """The student to export, chosen without test labels: the one whose predictions agree most with the teacher
+        on the first `max_rows` (`args.selection_rows`) unlabeled training rows; with no unlabeled rows, the most
+        accurate on the labeled rows. Sets and returns `chosen_student`."""
+        cohort = self.accelerator.unwrap_model(self.model)
+        rows = self.train_dataset
+        if rows is None or "text" not in rows.column_names:
+            raise ValueError("select_student reads the training rows' `text` column; this train_dataset has none.")
+        labels = np.asarray(rows["labels"])
+        num_labeled = int((labels != IGNORE_INDEX).sum())
+        if num_labeled < len(rows):
+            chosen_rows = rows.select(range(num_labeled, min(len(rows), num_labeled + (max_rows or self.args.selection_rows))))
+            if cohort.teacher is None and "teacher_logits" in rows.column_names:
+                reference = np.asarray(chosen_rows["teacher_logits"]).argmax(-1)
+            else:
+                reference = self.teacher_logits(chosen_rows).argmax(-1)
+            self.card_data.selection = "agreement with the teacher on unlabeled rows"
+        else:
+            chosen_rows, reference = rows.select(range(num_labeled)), labels[:num_labeled]
+            self.card_data.selection = "accuracy on the labeled rows"
+        logits = predict_logits(cohort, self.processing_class, list(chosen_rows["text"]), max_length=self.args.max_length)
+        self.chosen_student = agreement_choice(logits, reference)
+        return self.chosen_student
+
+    def train_supervised_baseline(self) -> dict[str, float] | None:
+        """Train one student on the labeled rows alone (no teacher, no peers, no views) with this run's steps, batch
+        size and learning rate, and return its accuracy and macro-F1 on the eval set: the comparison the card shows.
+        `None` without an eval set."""
+        if self.state.global_step == 0:
+            raise RuntimeError("train_supervised_baseline() takes the cohort's step budget: call train() first.")
+        cohort = self.accelerator.unwrap_model(self.model)
+        t0 = time.perf_counter()
+        settings = {
+            **self.args.to_dict(),
+            "output_dir": os.path.join(self.args.output_dir, "supervised_only"),
+            "num_students": 1, "lambda_kd": 0.0, "lambda_mut": 0.0, "kd_weighting": "none", "student_views": None,
+            "online_teacher": False, "max_steps": self.state.max_steps, "save_strategy": "no", "eval_strategy": "no",
+            "push_to_hub": False, "hub_token": self.args.hub_token, "resume_from_checkpoint": None,
+            "text_column": "text", "label_column": "label",
+        }  # fmt: skip
+        args = MutualDistillationConfig(**settings)
+        if self.labeled is not None:  # raw rows: with lambda_kd 0 and no teacher_model, no teacher is made
+            labeled = self.labeled
+        else:
+            labels = np.asarray(self.train_dataset["labels"])
+            labeled = self.train_dataset.select(range(int((labels != IGNORE_INDEX).sum())))
+        baseline = MutualDistillationTrainer(
+            model=cohort.base_model_name_or_path, args=args, train_dataset=labeled, processing_class=self.processing_class
+        )
+        baseline.train()
+        eval_dataset = _first_eval(self.eval_dataset)
+        result = None
+        if eval_dataset is not None:
+            metrics = baseline.evaluate(eval_dataset)
+            result = {"accuracy": metrics["eval_student_0_accuracy"], "macro_f1": metrics["eval_student_0_macro_f1"]}
+        self.card_data.supervised_only = result
+        self.card_data.wall_time_s["supervised_train_s"] = time.perf_counter() - t0
+        return result
+
+    def results(self) -> dict:
+        """What the run produced, as `results.json` holds it and the model card renders it: each student's, the
+        ensemble's and the teacher's metrics on the eval set (evaluated now unless the last evaluation was at this
+        step), the chosen student, the label budget, the cohort and the training settings."""
+        cohort = self.accelerator.unwrap_model(self.model)
+        args, data = self.args, self.card_data
+        eval_dataset = _first_eval(self.eval_dataset)
+        if eval_dataset is not None and data.eval_step != self.state.global_step:
+            self.evaluate(eval_dataset, metric_key_prefix="test")
+        chosen = self.chosen_student if self.chosen_student is not None else self.select_student()
+        metrics, num_students = data.eval_metrics or {}, cohort.num_students
+        rows = self.train_dataset
+        labels = np.asarray(rows["labels"])
+        num_labeled = int((labels != IGNORE_INDEX).sum())
+        label_names = [cohort.config.id2label[i] for i in range(cohort.config.num_labels)]
+        teacher = None
+        if eval_dataset is not None and "text" in eval_dataset.column_names and (self.teacher or cohort.teacher):
+            predictions = self.teacher_logits(eval_dataset).argmax(-1)
+            teacher = classification_metrics(predictions, np.asarray(eval_dataset["labels"]), len(label_names))
+        texts = rows["text"] if "text" in rows.column_names else None
+        examples = [texts[list(labels).index(c)] for c in sorted(set(labels[:num_labeled].tolist()))] if texts else []
+
+        def scores(prefix: str) -> dict | None:
+            if f"{prefix}_accuracy" not in metrics:
+                return None
+            return {"accuracy": metrics[f"{prefix}_accuracy"], "macro_f1": metrics[f"{prefix}_macro_f1"]}
+
+        wall = {**data.wall_time_s, "total_s": time.perf_counter() - self._started}
+        return {
+            "dataset": data.dataset,
+            "base_model": data.base_model,
+            "teacher": teacher,
+            "teacher_name_or_path": data.teacher_name,
+            "students": [scores(f"student_{k}") for k in range(num_students)] if metrics else None,
+            "ensemble": scores("ensemble"),
+            "supervised_only": data.supervised_only,
+            "chosen_student": chosen,
+            "selection": data.selection,
+            "label_budget": {
+                "labels_per_class": data.labels_per_class,
+                "labeled": num_labeled,
+                "unlabeled": len(rows) - num_labeled,
+                "generated": data.generated,
+                "test": len(eval_dataset) if eval_dataset is not None else 0,
+            },
+            "cohort": {
+                "num_students": num_students,
+                "student_layers": cohort.student_layers,
+                "adapter_layers": args.adapter_layers,
+                "shared_trunk_layers": cohort.shared_layers,
+                "architecture": cohort.architecture.name,
+                "new_weights": cohort.new_weights,  # not in the base's checkpoint: drawn from the seed, frozen, exported
+                "adapter": cohort.adapter_type,
+                "lora_r": args.lora_r,
+                "lora_alpha": args.lora_alpha,
+                "trainable_parameters_per_student": cohort.num_trainable_parameters(per_student=True),
+                "steps": self.state.global_step,
+            },
+            "label_names": label_names,
+            "examples": examples,  # one labeled text per class: examples for the model card and the Space demo
+            "training": {
+                "learning_rate": args.learning_rate,
+                "batch_size": args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
+                "unlabeled_ratio": args.unlabeled_ratio,
+                "temperature": args.temperature,
+                "lambda_kd": args.lambda_kd,
+                "lambda_mut": args.lambda_mut,
+                "mutual_loss": args.mutual_loss,
+                "kd_weighting": args.kd_weighting,
+                "student_views": args.student_views,
+                "online_teacher": args.online_teacher,
+                "max_length": args.max_length,
+                "seed": args.seed,
+            },
+            "learning_curve": learning_curves(self.state.log_history, num_students),
+            "hardware": _hardware(args),
+            "versions": package_versions("nanonet-hf", "transformers", "peft", "torch", "accelerate", "datasets"),
+            "wall_time_s": {key: round(value, 1) for key, value in wall.items()},
+        }
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Write the chosen student ([`select_student`] when none was chosen) into `output_dir` (default
+        `args.output_dir`): `student/`, a plain transformers model with its tokenizer and model card
+        (`AutoModelForSequenceClassification.from_pretrained` loads it without peft), `student_adapter/` (its PEFT
+        adapter and head), `student_base/` (the cut frozen base the adapter applies to) and `results.json`. With
+        `args.push_to_hub`, the student is then pushed ([`push_to_hub`]).
+
+        Trainer's own checkpoints (`_internal_call`) hold the students' trainable weights only (see `_save`)."""
+        if _internal_call:
+            return super().save_model(output_dir, _internal_call=True)
+        if self.state.global_step == 0:
+            raise RuntimeError("save_model() before train(): there is no trained student to save. Call train() first.")
+        output_dir = output_dir or self.args.output_dir
+        results = self.results()
+        if self.is_world_process_zero():
+            t0 = time.perf_counter()
+            cohort = self.accelerator.unwrap_model(self.model)
+            exported = export_student(cohort, results["chosen_student"], output_dir, self.processing_class)
+            results["exported"] = {"student_dir": exported.student_dir, "adapter_dir": exported.adapter_dir}
+            if cohort.teacher is not None:  # what the students last learned from, as it ended up
+                with atomic_directory(os.path.join(output_dir, "online_teacher")) as tmp:
+                    cohort.teacher.save_pretrained(tmp)
+                    self.processing_class.save_pretrained(tmp)
+            wall = results["wall_time_s"]
+            total = wall.pop("total_s")
+            wall["export_s"] = round(time.perf_counter() - t0, 1)
+            wall["total_s"] = round(total + wall["export_s"], 1)
+            write_json(os.path.join(output_dir, "results.json"), results)
+            if results["students"] is not None:
+                write_model_card(output_dir, license=self.args.card_license)  # student/README.md (+ learning_curve.png)
+            else:
+                logger.warning("No eval_dataset: %s/student has no model card (its results table needs one).", output_dir)
+        self.accelerator.wait_for_everyone()
+        self._saved_to, self.saved_results = output_dir, results
+        if self.args.push_to_hub:
+            self.push_to_hub()
+
+    def push_to_hub(
+        self,
+        repo_id: str | None = None,
+        *,
+        commit_message: str | None = None,
+        private: bool | None = None,
+        token: str | None = None,
+        revision: str | None = None,
+        **kwargs,
+    ) -> PushResult | None:
+        """Publish the saved student with its card to `repo_id` (default `args.hub_model_id`), saving it first if
+        `save_model` was not called: [`nanonet_hf.hub.push_student`] (`kwargs` go to it, e.g. `adapter_repo_id`).
+        Returns its [`PushResult`] on the main process."""
+        repo_id = repo_id or self.args.hub_model_id
+        if not repo_id:
+            raise ValueError("push_to_hub needs a repo_id (or args.hub_model_id), e.g. 'me/my-classifier'.")
+        check_repo_id(repo_id)
+        if getattr(self, "_saved_to", None) is None:
+            pushing, self.args.push_to_hub = self.args.push_to_hub, False  # save without pushing from inside the save
+            try:
+                self.save_model()
+            finally:
+                self.args.push_to_hub = pushing
+        result = None
+        if self.is_world_process_zero():
+            result = push_student(
+                self._saved_to, repo_id,
+                private=bool(self.args.hub_private_repo if private is None else private),
+                revision=revision or self.args.hub_revision, commit_message=commit_message,
+                token=token or self.args.hub_token, license=self.args.card_license, **kwargs,
+            )  # fmt: skip
+            logger.info("Pushed the student to %s: %s", repo_id, result.commit_url)
+        self.accelerator.wait_for_everyone()
+        return result
+
+    def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
+        # Trainer creates the repository up front to push cohort checkpoints into it; what is published here is the
+        # exported student, whose push (push_student) creates the repository itself when the student exists.
+        self.hub_model_id = self.args.hub_model_id
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        # a cohort checkpoint only nanonet can read is not published (see init_hf_repo)
+        return None
+
+
+def _first_eval(eval_dataset: Dataset | dict | None) -> Dataset | None:
+    """The eval set the card reports: the dataset, or the first of a dict of them."""
+    if isinstance(eval_dataset, dict):
+        return next(iter(eval_dataset.values()), None)
+    return eval_dataset
+
+
+def _map_eval(eval_dataset: Dataset | dict | None, function: Callable[[Dataset, str], Dataset]):
+    """Apply `function(rows, name)` to the raw (untokenized) eval set(s); tokenized ones are kept as they are."""
+    def one(rows: Dataset, name: str) -> Dataset:
+        return rows if "input_ids" in rows.column_names else function(rows, name)
+
+    if isinstance(eval_dataset, dict):
+        return {key: one(rows, f"eval_dataset[{key!r}]") for key, rows in eval_dataset.items()}
+    return one(eval_dataset, "eval_dataset") if eval_dataset is not None else None
+
+
+def _hardware(args: MutualDistillationConfig) -> str:
+    processes = f"{args.world_size} process(es)"
+    if torch.cuda.is_available() and not args.use_cpu:
+        return f"{torch.cuda.get_device_name(0)}, {processes}"
+    return f"CPU ({os.cpu_count()} cores, {platform.machine()}), {processes}"
 
 
 def last_complete_checkpoint(output_dir: str) -> str | None:

@@ -68,8 +68,8 @@ def test_budget_larger_than_a_class_has(tmp_path):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"text_column": "sentence"}, r"no column 'sentence' \(set --text_column\); its columns are \['text', 'label'\]"),
-        ({"label_column": "lable"}, r"no column 'lable' \(set --label_column\)"),
+        ({"text_column": "sentence"}, r"no column 'sentence' \(set text_column\); its columns are \['text', 'label'\]"),
+        ({"label_column": "lable"}, r"no column 'lable' \(set label_column\)"),
     ],
 )
 def test_missing_or_misspelled_column(tmp_path, kwargs, message):

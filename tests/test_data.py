@@ -71,7 +71,7 @@ def test_empty_unlabeled_pool_is_allowed(tmp_path):
 
 def test_missing_text_column_names_the_file_and_columns(tmp_path):
     path = write_jsonl(tmp_path / "pool.jsonl", [{"sentence": r["text"], "label": r["label"]} for r in labeled_rows()])
-    with pytest.raises(ValueError, match=r"pool.jsonl has no column 'text' \(set --text_column\); its columns are"):
+    with pytest.raises(ValueError, match=r"pool.jsonl has no column 'text' \(set text_column\); its columns are"):
         prepare_data(labeled_file=path)
 
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from nanonet_hf.losses import IGNORE_INDEX, distillation_loss, linear_rampup, mutual_loss, supervised_loss
+from nanonet_hf.losses import IGNORE_INDEX, cohort_loss, distillation_loss, linear_rampup, mutual_loss, supervised_loss
 
 
 def softmax(row, temperature=1.0):
@@ -109,3 +109,23 @@ def test_linear_rampup():
     assert linear_rampup(20, 100, ratio=0.2) == 1.0
     assert linear_rampup(90, 100, ratio=0.2) == 1.0
     assert linear_rampup(0, 100, ratio=0.0) == 1.0
+
+
+def test_cohort_loss_is_the_weighted_sum_of_its_terms(logits):
+    labels = torch.tensor([0, IGNORE_INDEX, 2, IGNORE_INDEX] + [IGNORE_INDEX] * (logits.shape[0] - 4))
+    teacher = torch.randn(logits.shape[0], logits.shape[2], generator=torch.Generator().manual_seed(1))
+    terms = cohort_loss(logits, labels, teacher, temperature=2.0, lambda_kd=0.5, lambda_mut=3.0, mutual_weight=0.25, mutual_kind="mse")
+    unlabeled = labels == IGNORE_INDEX
+    sup = supervised_loss(logits, labels)
+    kd = distillation_loss(logits, teacher, temperature=2.0, weights=unlabeled)
+    mut = mutual_loss(logits, kind="mse")
+    torch.testing.assert_close(terms.per_student, sup + 0.5 * kd + 3.0 * 0.25 * mut)
+    torch.testing.assert_close(terms.total, terms.per_student.sum())
+    torch.testing.assert_close(terms.distillation, kd)
+    # no teacher (or lambda_kd 0): no distillation term; explicit row weights replace the unlabeled mask
+    assert (cohort_loss(logits, labels).distillation == 0).all()
+    weights = torch.rand(logits.shape[0], logits.shape[1], generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(
+        cohort_loss(logits, labels, teacher, kd_weights=weights).distillation,
+        distillation_loss(logits, teacher, temperature=2.0, weights=weights),
+    )

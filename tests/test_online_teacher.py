@@ -66,6 +66,6 @@ def test_online_teacher_refusals(tiny_model_dir, tokenizer, datasets, tmp_path):
     with pytest.raises(ValueError, match="vocabulary"):
         make(tiny_model_dir, tokenizer, train, tmp_path, other_vocab)
     args = make_args(tmp_path)
-    cohort = StudentCohort.from_pretrained(tiny_model_dir, id2label=ID2LABEL, num_students=2)
-    with pytest.raises(ValueError, match="online_teacher=True"):
+    cohort = StudentCohort.from_pretrained(tiny_model_dir, id2label=ID2LABEL, num_students=args.num_students)
+    with pytest.raises(ValueError, match="teacher_model is the online teacher only"):
         MutualDistillationTrainer(model=cohort, args=args, train_dataset=train, processing_class=tokenizer, teacher_model=teacher(tiny_model_dir))

@@ -1,6 +1,7 @@
 """Property-based tests (hypothesis): losses, label sampling, batching and the collator over many random inputs."""
 
 import numpy as np
+import pytest
 import torch
 from datasets import ClassLabel, Dataset, Features, Value
 from hypothesis import given, settings
@@ -125,3 +126,18 @@ def test_collator_pads_every_row_and_keeps_labels_in_order(tokenizer, rows, with
     assert batch["labels"].tolist() == [IGNORE_INDEX if label < 0 else label for _, label in rows]
     assert (batch["input_ids"][batch["attention_mask"] == 0] == tokenizer.pad_token_id).all()
     assert ("teacher_logits" in batch) == with_teacher
+
+
+def test_metrics_are_local_evaluate_modules_that_combine_offline():
+    import evaluate
+    import numpy as np
+
+    from nanonet_hf.metrics import classification_metrics, evaluate_module
+
+    combined = evaluate.combine([evaluate.load(evaluate_module("accuracy")), evaluate.load(evaluate_module("macro_f1"))])
+    predictions, labels = [0, 0, 1, 1, 1], [0, 1, 1, 1, 2]  # class 2 never predicted: F1 0, still in the mean
+    scores = combined.compute(predictions=predictions, references=labels, num_classes=3)
+    assert scores == {"accuracy": 0.6, "macro_f1": pytest.approx((2 / 3 + 2 / 3 + 0) / 3)}
+    assert classification_metrics(np.array(predictions), np.array(labels), 3) == scores
+    with pytest.raises(ValueError, match="No evaluate module 'f2'"):
+        evaluate_module("f2")

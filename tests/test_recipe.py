@@ -61,7 +61,7 @@ def test_recipe_end_to_end_on_the_real_model_and_trec6(tmp_path):
         "--num_students", "2",
         "--per_device_train_batch_size", "8",
         "--max_steps", "6",
-        "--teacher_epochs", "1",
+        "--teacher_num_train_epochs", "1",
         "--selection_rows", "32",
         "--logging_steps", "3",
         "--eval_steps", "3",  # the YAML evaluates every 50 steps: here at steps 3 and 6, for the card's curve
@@ -141,7 +141,7 @@ def test_recipe_on_the_real_mpnet_base_exports_a_plain_mpnet_student(tmp_path):
     argv = [
         "--model_name_or_path", MPNET, "--dataset", "trec6", "--eval_file", eval_file, "--labels_per_class", "4",
         "--max_unlabeled", "64", "--num_students", "2", "--student_layers", "2", "--adapter_layers", "1",
-        "--max_steps", "6", "--per_device_train_batch_size", "8", "--teacher_epochs", "1", "--supervised_baseline",
+        "--max_steps", "6", "--per_device_train_batch_size", "8", "--teacher_num_train_epochs", "1", "--supervised_baseline",
         "false", "--max_length", "32", "--report_to", "none", "--output_dir", str(out),
     ]  # fmt: skip
     results = recipe.main(*recipe.parse_args(argv))
@@ -182,7 +182,7 @@ def test_recipe_with_bias_students_views_an_online_teacher_and_generated_text(ti
         "--model_name_or_path", tiny_model_dir, "--labeled_file", pool, "--eval_file", test, "--labels_per_class", "4",
         "--num_students", "3", "--adapter_type", "bias", "--student_views", "cutoff,shuffle,adversarial",
         "--online_teacher", "--lambda_teacher_mutual", "0.5", "--max_steps", "3", "--per_device_train_batch_size", "8",
-        "--teacher_epochs", "1", "--learning_rate", "0.01", "--max_length", "16", "--report_to", "none",
+        "--teacher_num_train_epochs", "1", "--learning_rate", "0.01", "--max_length", "16", "--report_to", "none",
         "--output_dir", str(out), "--generate_unlabeled", "3", "--generator_model", tiny_lm,
     ]  # fmt: skip
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
@@ -220,5 +220,5 @@ def test_quality_config_holds_the_accuracy_benchmarks_settings():
                     "train_sampling_strategy", "teacher_temperature"):  # fmt: skip
             assert getattr(training_args, key) == settings[key], key
         assert sorted(training_args.lora_target_modules) == sorted(settings["lora_target_modules"])
-        assert script_args.teacher_type == "setfit" and args.teacher == "SetFit MiniLM-L6"
-        assert script_args.setfit_iterations == args.setfit_iterations and script_args.max_unlabeled == args.max_unlabeled
+        assert training_args.teacher_type == "setfit" and args.teacher == "SetFit MiniLM-L6"
+        assert training_args.setfit_iterations == args.setfit_iterations and script_args.max_unlabeled == args.max_unlabeled

@@ -10,10 +10,13 @@ import logging
 import math
 import os
 import re
+import time
+from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from importlib.resources import files
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from transformers import TrainerCallback
 
 from ..data import BUILTIN_DATASET_INFO
 
@@ -33,6 +36,53 @@ PHASES = {
 }
 # results.json keys the card cannot do without
 REQUIRED_KEYS = ("students", "ensemble", "teacher", "chosen_student", "label_budget", "cohort", "label_names")
+
+
+@dataclass
+class CardData:
+    """What the card tells beyond the trained weights, gathered during a run: the trainer fills most of it (and
+    [`CardDataCallback`] the evaluations and timings); a caller may name the dataset and the label budget.
+
+    Attributes:
+        dataset (`str`, *optional*): a built-in dataset's name (the card links its Hub page) or a file name.
+        labels_per_class (`int`, *optional*): the label budget, when the labeled rows were drawn per class.
+        generated (`int`): unlabeled texts written by a language model.
+    """
+
+    dataset: str | None = None
+    labels_per_class: int | None = None
+    generated: int = 0
+    base_model: str | None = None
+    teacher_name: str | None = None
+    selection: str | None = None
+    supervised_only: dict | None = None
+    wall_time_s: dict = field(default_factory=dict)
+    eval_metrics: dict | None = None  # the last evaluation's metrics, keys without their prefix
+    eval_step: int | None = None
+
+
+class CardDataCallback(TrainerCallback):
+    """Keeps the card's data current during training (SetFit's pattern): the last evaluation's per-student and
+    ensemble metrics, and the training time."""
+
+    def __init__(self, card_data: CardData):
+        self.card_data = card_data
+        self._began = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._began = time.perf_counter()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self._began is not None:
+            self.card_data.wall_time_s["cohort_train_s"] = time.perf_counter() - self._began
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        key = next((key for key in metrics or {} if key.endswith("student_0_accuracy")), None)
+        if key is None:
+            return
+        prefix = key[: -len("student_0_accuracy")]  # "eval_", "test_", or "eval_{name}_" for a dict of eval sets
+        self.card_data.eval_metrics = {k[len(prefix) :]: v for k, v in metrics.items() if k.startswith(prefix)}
+        self.card_data.eval_step = state.global_step
 
 
 def template_path(name: str = CARD_TEMPLATE) -> str:
@@ -169,7 +219,7 @@ def model_card(
             evals("f1", "Macro F1", student["macro_f1"], {"average": "macro"}),
         ],
     )
-    table = [dict(name="teacher", **results["teacher"])]
+    table = [dict(name="teacher", **results["teacher"])] if results.get("teacher") else []
     if results.get("supervised_only"):
         table.append(dict(name="supervised-only student", **results["supervised_only"]))
     for k, metrics in enumerate(results["students"]):
