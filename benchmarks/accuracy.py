@@ -8,6 +8,8 @@ method:
 - full fine-tune of MPNet-base (the strong teacher);
 - supervised-only student: one LoRA student on the labels alone, nanonet's steps and settings;
 - SetFit with the MiniLM-L6 body and with the MPNet body (`setfit`, contrastive pairs + logistic head);
+- SetFit's own distiller (`setfit.DistillationTrainer`): a MiniLM-L6 student distilled from the SetFit teacher
+  (`--distill_teacher`, SetFit MPNet by default) on the same unlabeled pool;
 - nanonet: the student chosen without test labels (agreement with the teacher on unlabeled rows) and the ensemble;
   with the SetFit MiniLM-L6 teacher (`--teacher`), and with each of `--other_teachers` (SetFit MPNet, the fine-tuned
   MiniLM-L6);
@@ -118,6 +120,23 @@ def run_setfit(body: str, data, test, seed: int, args) -> tuple[dict, SetFitTeac
     return classification_metrics(predictions, np.asarray(test["label"]), len(data.label_names)), teacher
 
 
+def run_setfit_distillation(teacher: SetFitTeacher, unlabeled, test, num_classes: int, seed: int, args) -> dict:
+    """SetFit's own distiller, the peer for exactly this job: `setfit.DistillationTrainer` trains a MiniLM-L6 student
+    body to match the teacher body's cosine similarities on pairs of unlabeled texts (CosineSimilarityLoss), then fits
+    the student's logistic head on the teacher's predictions of those texts. `args.distill_steps` steps of 16 pairs."""
+    from setfit import DistillationTrainer, SetFitModel, TrainingArguments
+    from transformers import set_seed
+
+    set_seed(seed)
+    student = SetFitModel.from_pretrained(resolve_model_path(MINILM))
+    with tempfile.TemporaryDirectory() as scratch:
+        settings = TrainingArguments(output_dir=scratch, num_iterations=args.setfit_iterations, batch_size=16,
+                                     max_steps=args.distill_steps, seed=seed, show_progress_bar=False)  # fmt: skip
+        DistillationTrainer(teacher_model=teacher.model, student_model=student, args=settings, train_dataset=unlabeled).train()
+    predictions = np.asarray(student.predict(list(test["text"]), as_numpy=True)).astype(np.int64)
+    return classification_metrics(predictions, np.asarray(test["label"]), num_classes)
+
+
 def run_nanonet(settings: dict, data, unlabeled, test, teacher, scratch: str) -> dict:
     """Train one cohort through the library's pipeline (raw rows in, the teacher's logits cached inside) and take its
     `results()`: every student, the ensemble (one definition: `cohort_metrics`, the mean of the students'
@@ -182,6 +201,17 @@ def run_setting(dataset: str, labels_per_class: int, seed: int, args, methods: s
             except (ImportError, FileNotFoundError) as error:
                 metrics, note = None, f"skipped: {error}"
             record(f"SetFit {name}", metrics, began, note)
+
+        if "setfit-distillation" in methods:  # needs the SetFit teacher trained above
+            began = time.perf_counter()
+            name = f"SetFit DistillationTrainer ({args.distill_teacher} teacher, MiniLM-L6 student)"
+            teacher = teachers.get(args.distill_teacher)
+            if isinstance(teacher, SetFitTeacher):
+                metrics = run_setfit_distillation(teacher, data.unlabeled, test, num_classes, seed, args)
+                budget = f"{args.distill_steps} steps of 16 pairs" if args.distill_steps > 0 else "SetFit's default budget (one epoch of its pairs)"
+                record(name, metrics, began, note=f"{budget}, {len(data.unlabeled)} unlabeled texts")
+            else:
+                record(name, None, began, note=f"skipped: no {args.distill_teacher} teacher in this run")
 
         generated = None
         if "ablations" in methods and "nanonet + generated text" in args.ablations:
@@ -297,7 +327,8 @@ def plot(runs: list[Run], path: str) -> None:
     figure.savefig(path, dpi=120)
 
 
-ALL_METHODS = ["teacher-mpnet", "setfit-minilm-l6", "setfit-mpnet", "supervised-student", "nanonet", "ablations"]
+ALL_METHODS = ["teacher-mpnet", "setfit-minilm-l6", "setfit-mpnet", "setfit-distillation", "supervised-student", "nanonet",
+               "ablations"]  # fmt: skip
 TEACHERS = ["SetFit MiniLM-L6", "SetFit MPNet", "fine-tuned MiniLM-L6", "fine-tuned MPNet"]
 
 
@@ -328,6 +359,12 @@ def parse_args(argv=None):
     parser.add_argument("--teacher_epochs", type=float, default=20)
     parser.add_argument("--setfit_iterations", type=int, default=20)
     parser.add_argument("--generated", type=int, default=200, help="LM-generated texts for the ablation")
+    parser.add_argument("--distill_teacher", default="SetFit MPNet", choices=["SetFit MiniLM-L6", "SetFit MPNet"],
+                        help="the teacher of setfit-distillation (SetFit's DistillationTrainer)")
+    parser.add_argument("--distill_steps", type=int, default=None,
+                        help="steps of SetFit's DistillationTrainer, 16 pairs (32 texts) each; default 2 x --steps, "
+                        "the texts nanonet's cohort sees at 32 rows a step; -1: SetFit's own default (one epoch of "
+                        "setfit_iterations pairs per unlabeled text)")
     parser.add_argument("--quick", action="store_true", help="smoke run: trec6, 10/class, seed 0, 6 steps, 100 test rows")
     parser.add_argument("--merge", nargs="+", metavar="JSON", help="only merge these earlier accuracy.json files into --out")
     parser.add_argument("--out", default=None, help="folder for accuracy.md, accuracy.json, accuracy.png")
@@ -337,11 +374,13 @@ def parse_args(argv=None):
     if args.quick:
         args.datasets, args.labels_per_class, args.seeds = ["trec6"], [10], [0]
         args.steps, args.max_unlabeled, args.test_rows, args.teacher_epochs = 6, 64, 100, 1
-        args.setfit_iterations, args.generated = 1, 4
+        args.setfit_iterations, args.generated, args.distill_teacher = 1, 4, "SetFit MiniLM-L6"
         args.methods = [m for m in args.methods if m not in ("teacher-mpnet", "setfit-mpnet")]
         args.other_teachers = ["fine-tuned MiniLM-L6"]
         args.ablations = [a for a in args.ablations if a in ("nanonet − views", "nanonet bias-only")]
         args.ablation_datasets = None
+    if args.distill_steps is None:
+        args.distill_steps = 2 * args.steps
     return args
 
 
