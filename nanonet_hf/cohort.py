@@ -21,7 +21,7 @@ from peft.tuners.lora import LoraLayer
 from peft.utils.constants import DUMMY_TARGET_MODULES
 from peft.utils.other import AuxiliaryTrainingWrapper
 from torch import nn
-from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel
+from transformers import AutoConfig, AutoModelForSequenceClassification, PretrainedConfig, PreTrainedModel
 
 from .architectures import Architecture, architecture_of
 from .bias_students import StudentBiases
@@ -177,14 +177,22 @@ def load_base(
     return LoadedBase(model, kept, new_weights)
 
 
+def plan_cut(
+    config: PretrainedConfig, student_layers, adapter_layers
+) -> tuple[Architecture, list[int], list[int]]:
+    """`(architecture, kept layers, adapted layers)` of a base from its config alone; raises for an unsupported
+    architecture or a cut it cannot take, before any weight is loaded."""
+    architecture = architecture_of(config)
+    kept = select_layers(config.num_hidden_layers, parse_student_layers(student_layers), architecture)
+    adapted = select_adapter_layers(len(kept), parse_student_layers(adapter_layers, "adapter_layers"))
+    return architecture, kept, adapted
+
+
 def check_base(model_name_or_path: str, args) -> Architecture:
     """Read the base's config only and raise, before any weight is loaded, for an unsupported architecture or a cut
     (`args.student_layers`, `args.adapter_layers`) it cannot take. `args`: a [`MutualDistillationConfig`]."""
     config = AutoConfig.from_pretrained(model_name_or_path)
-    architecture = architecture_of(config)
-    kept = select_layers(config.num_hidden_layers, parse_student_layers(args.student_layers), architecture)
-    select_adapter_layers(len(kept), parse_student_layers(args.adapter_layers, "adapter_layers"))
-    return architecture
+    return plan_cut(config, args.student_layers, args.adapter_layers)[0]
 
 
 def check_cohort_matches(cohort: "StudentCohort", args) -> None:
@@ -323,10 +331,8 @@ class StudentCohort(nn.Module):
             raise ValueError(f"num_students must be at least 1, got {num_students}")
         if adapter_type not in ADAPTER_TYPES:
             raise ValueError(f"adapter_type must be one of {list(ADAPTER_TYPES)}, got {adapter_type!r}")
-        config = AutoConfig.from_pretrained(model_name_or_path)
-        architecture = architecture_of(config)  # an unsupported base, or a bad cut, fails before loading any weight
-        kept = select_layers(config.num_hidden_layers, parse_student_layers(student_layers), architecture)
-        adapted = select_adapter_layers(len(kept), parse_student_layers(adapter_layers, "adapter_layers"))
+        # an unsupported base, or a bad cut, fails before loading any weight
+        architecture, kept, adapted = plan_cut(AutoConfig.from_pretrained(model_name_or_path), student_layers, adapter_layers)
         if adapter_type == "bias":  # PEFT keeps the per-student heads; the config targets no module
             lora_config = LoraConfig(target_modules=DUMMY_TARGET_MODULES)
         lora_config = copy.deepcopy(lora_config) if lora_config is not None else LoraConfig(r=8, lora_alpha=16)
@@ -376,12 +382,17 @@ class StudentCohort(nn.Module):
     def num_students(self) -> int:
         return len(self.student_names)
 
+    @property
+    def label_names(self) -> list[str]:
+        """The label space, in class-id order (`config.id2label`)."""
+        return [self.config.id2label[i] for i in range(self.config.num_labels)]
+
     def attach_teacher(self, teacher: PreTrainedModel) -> None:
         """Make `teacher` an online teacher (PS-Net) that trains with the students: a sequence classifier on the same
         labels, in the same order, reading the same token ids. It becomes part of the trainable state (checkpoints
         hold it); export ignores it."""
         teacher_labels = [teacher.config.id2label[i] for i in range(teacher.config.num_labels)]
-        labels = [self.config.id2label[i] for i in range(self.config.num_labels)]
+        labels = self.label_names
         if teacher_labels != labels:
             raise ValueError(f"The online teacher predicts {teacher_labels}, but the students predict {labels}.")
         if getattr(teacher.config, "vocab_size", None) != getattr(self.config, "vocab_size", None):

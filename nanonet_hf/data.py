@@ -180,9 +180,7 @@ def read_labeled_file(
     Without `label_names`, the label space is taken from this file: the sorted class names, or ids 0..max.
     With it, every label must belong to it (a name, or an id in range).
     """
-    dataset = _select_columns(_read_table(path), path, {text_column: "text", label_column: "label"})
-    _check_texts(dataset, path)
-    return _as_class_labels(dataset, path, label_column, label_names)
+    return labeled_rows(_read_table(path), text_column, label_column, label_names=label_names, source=path)
 
 
 def _as_class_labels(dataset: Dataset, source: str, label_column: str, label_names: Sequence[str] | None) -> Dataset:
@@ -247,13 +245,17 @@ def labeled_rows(
     return _as_class_labels(dataset, source, label_column, label_names)
 
 
+def _no_texts() -> Dataset:
+    return Dataset.from_dict({"text": []}, features=Features({"text": Value("string")}))
+
+
 def unlabeled_rows(
     dataset: Dataset | None, text_column: str = "text", label_column: str = "label", source: str = "unlabeled_dataset"
 ) -> Dataset:
     """A user's unlabeled texts -> a `text` column (empty without a dataset). A label column there is dropped with a
     warning: unlabeled rows are distilled from the teacher, and their labels must not leak into training."""
     if dataset is None:
-        return Dataset.from_dict({"text": []}, features=Features({"text": Value("string")}))
+        return _no_texts()
     if label_column in dataset.column_names:
         logger.warning(
             "%s has a %r column: it is ignored (unlabeled rows learn from the teacher only). Put labeled rows in "
@@ -348,7 +350,7 @@ def prepare_data(
         labeled, rest = sample_per_class(pool, labels_per_class, seed)
         unlabeled = rest.remove_columns("label")
     else:
-        labeled, unlabeled = pool, Dataset.from_dict({"text": []}, features=Features({"text": Value("string")}))
+        labeled, unlabeled = pool, _no_texts()
     if len(set(labeled["label"])) < 2:
         raise ValueError(
             f"The labeled set has a single class ({labeled.features['label'].int2str(labeled['label'][0])!r}); a "

@@ -182,9 +182,9 @@ class MutualDistillationTrainer(Trainer):
             teacher_model = self._check_teacher(teacher_model, args, label_names if raw else None, processing_class)
         else:
             raise TypeError(f"model must be a StudentCohort or a model path, got {type(model).__name__}")
-        if raw and [model.config.id2label[i] for i in range(model.config.num_labels)] != list(label_names):
+        if raw and model.label_names != list(label_names):
             raise ValueError(
-                f"The cohort predicts {[model.config.id2label[i] for i in range(model.config.num_labels)]}, but "
+                f"The cohort predicts {model.label_names}, but "
                 f"train_dataset's labels are {list(label_names)}; build it with id2label from the data."
             )
 
@@ -306,9 +306,8 @@ class MutualDistillationTrainer(Trainer):
             return predict_logits(cohort.teacher, self.processing_class, list(rows["text"]), max_length=self.args.max_length)
         if self.teacher is None:
             raise ValueError("This trainer has no teacher: it was given tokenized rows with their teacher logits.")
-        label_names = [cohort.config.id2label[i] for i in range(cohort.config.num_labels)]
         with self.args.main_process_first(desc="teacher logits"):
-            done = add_teacher_logits(rows.select_columns(["text"]), self.teacher, label_names=label_names,
+            done = add_teacher_logits(rows.select_columns(["text"]), self.teacher, label_names=cohort.label_names,
                                       max_length=self.args.max_length)  # fmt: skip
         return np.asarray(done["teacher_logits"], dtype=np.float32)
 
@@ -555,7 +554,6 @@ class MutualDistillationTrainer(Trainer):
     def _load_best_model(self) -> None:
         self._load_from_checkpoint(self.state.best_model_checkpoint)
 
-
     # ---- the pipeline's end: choose, compare, save, publish ----
 
     def select_student(self, max_rows: int | None = None) -> int:
@@ -567,7 +565,7 @@ class MutualDistillationTrainer(Trainer):
         if rows is None or "text" not in rows.column_names:
             raise ValueError("select_student reads the training rows' `text` column; this train_dataset has none.")
         labels = np.asarray(rows["labels"])
-        num_labeled = int((labels != IGNORE_INDEX).sum())
+        num_labeled = _num_labeled(rows)
         if num_labeled < len(rows):
             chosen_rows = rows.select(range(num_labeled, min(len(rows), num_labeled + (max_rows or self.args.selection_rows))))
             if cohort.teacher is None and "teacher_logits" in rows.column_names:
@@ -602,8 +600,7 @@ class MutualDistillationTrainer(Trainer):
         if self.labeled is not None:  # raw rows: with lambda_kd 0 and no teacher_model, no teacher is made
             labeled = self.labeled
         else:
-            labels = np.asarray(self.train_dataset["labels"])
-            labeled = self.train_dataset.select(range(int((labels != IGNORE_INDEX).sum())))
+            labeled = self.train_dataset.select(range(_num_labeled(self.train_dataset)))
         baseline = MutualDistillationTrainer(
             model=cohort.base_model_name_or_path, args=args, train_dataset=labeled, processing_class=self.processing_class
         )
@@ -630,8 +627,8 @@ class MutualDistillationTrainer(Trainer):
         metrics, num_students = data.eval_metrics or {}, cohort.num_students
         rows = self.train_dataset
         labels = np.asarray(rows["labels"])
-        num_labeled = int((labels != IGNORE_INDEX).sum())
-        label_names = [cohort.config.id2label[i] for i in range(cohort.config.num_labels)]
+        num_labeled = _num_labeled(rows)
+        label_names = cohort.label_names
         teacher = None
         if eval_dataset is not None and "text" in eval_dataset.column_names and (self.teacher or cohort.teacher):
             predictions = self.teacher_logits(eval_dataset).argmax(-1)
@@ -777,6 +774,11 @@ class MutualDistillationTrainer(Trainer):
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
         # a cohort checkpoint only nanonet can read is not published (see init_hf_repo)
         return None
+
+
+def _num_labeled(rows: Dataset) -> int:
+    """How many labeled rows a training dataset holds (they come first; unlabeled rows have labels -100)."""
+    return int((np.asarray(rows["labels"]) != IGNORE_INDEX).sum())
 
 
 def _first_eval(eval_dataset: Dataset | dict | None) -> Dataset | None:
