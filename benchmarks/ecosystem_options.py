@@ -30,8 +30,7 @@ import tempfile
 import time
 
 import torch
-from common import quiet_transformers, report  # benchmarks/common.py (the script's folder is on sys.path)
-from peft import LoraConfig
+from common import query_value_lora, quiet_transformers, report  # benchmarks/common.py (the script's folder is on sys.path)
 from transformers import AutoConfig, AutoTokenizer
 
 from nanonet_hf.cohort import StudentCohort
@@ -77,7 +76,7 @@ class Variant:
         torch.manual_seed(0)
         self.cohort = StudentCohort.from_pretrained(
             model_path, id2label={i: f"c{i}" for i in range(NUM_CLASSES)}, num_students=4, adapter_layers=3,
-            lora_config=LoraConfig(r=8, lora_alpha=16), seed=0,
+            lora_config=query_value_lora(model_path), seed=0,
         )  # fmt: skip
         self.cohort.peft_model.get_base_model().set_attn_implementation(attention)
         self.cohort.train()

@@ -6,8 +6,10 @@ they are written down here instead of guessed:
 
 - `layers`: where the encoder layers are (a path in the `...ForSequenceClassification` model). Adapters, layer cuts
   (`student_layers`) and the shared trunk (`adapter_layers`) are counted in these.
-- `lora_targets`: the default LoRA targets, the query and value projections (PEFT has no default for several of
-  these models and would ask for `target_modules`).
+- `lora_targets`: the default LoRA targets, every linear layer of the encoder layers (attention and feed-forward;
+  PEFT matches a name as a suffix, so `output.dense` is both the attention's and the feed-forward's output). PEFT has
+  no default for several of these models and would ask for `target_modules`; on TREC-6 and Rotten Tomatoes these
+  beat the query and value projections alone (benchmarks/results/accuracy.md).
 - `head`: the modules of the classification model that make up its head above the encoder. Every student gets its
   own copy of each (PEFT `modules_to_save`), so a head that is more than one Linear trains per student too.
 - `positions`: how the model numbers token positions. `"absolute"`: learned embeddings of 0 … L−1; `"offset"`:
@@ -57,8 +59,10 @@ class Architecture:
         return self.positions in ("absolute", "offset") and not self.absolute_too
 
 
+_BERT_LINEARS = ("query", "key", "value", "output.dense", "intermediate.dense")
+
 _ROBERTA_LIKE = dict(
-    lora_targets=("query", "value"),
+    lora_targets=_BERT_LINEARS,
     head=("classifier",),
     positions="offset",
     pooling="first token → dense → tanh → out_proj (RobertaClassificationHead)",
@@ -68,7 +72,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     "bert": Architecture(
         name="BERT",
         layers="bert.encoder.layer",
-        lora_targets=("query", "value"),
+        lora_targets=_BERT_LINEARS,
         head=("classifier",),
         positions="absolute",
         pooling="first token → pooler (dense + tanh, part of the frozen base) → classifier",
@@ -79,7 +83,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     "electra": Architecture(
         name="ELECTRA",
         layers="electra.encoder.layer",
-        lora_targets=("query", "value"),
+        lora_targets=_BERT_LINEARS,
         head=("classifier",),
         positions="absolute",
         pooling="first token → dense → GELU → out_proj (ElectraClassificationHead)",
@@ -87,7 +91,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     "mpnet": Architecture(
         name="MPNet",
         layers="mpnet.encoder.layer",
-        lora_targets=("q", "v"),
+        lora_targets=("q", "k", "v", "o", "intermediate.dense", "output.dense"),
         head=("classifier",),
         positions="relative",
         absolute_too=True,
@@ -97,7 +101,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     "distilbert": Architecture(
         name="DistilBERT",
         layers="distilbert.transformer.layer",
-        lora_targets=("q_lin", "v_lin"),
+        lora_targets=("q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2"),
         head=("pre_classifier", "classifier"),
         positions="absolute",
         pooling="first token → pre_classifier → ReLU → classifier",
@@ -105,7 +109,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     "deberta-v2": Architecture(
         name="DeBERTa-v2/v3",
         layers="deberta.encoder.layer",
-        lora_targets=("query_proj", "value_proj"),
+        lora_targets=("query_proj", "key_proj", "value_proj", "output.dense", "intermediate.dense"),
         head=("pooler", "classifier"),
         positions="relative",
         pooling="first token → ContextPooler (dense + GELU) → classifier",
@@ -116,7 +120,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     "modernbert": Architecture(
         name="ModernBERT",
         layers="model.layers",
-        lora_targets=("Wqkv",),
+        lora_targets=("Wqkv", "Wo", "Wi"),
         head=("head", "classifier"),
         positions="rotary",
         pooling="`classifier_pooling`: first token or the masked mean → head (dense + act + norm) → classifier",

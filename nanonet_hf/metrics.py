@@ -85,14 +85,15 @@ def _row(name: str, metrics: dict | None) -> str:
 
 def results_table(results: dict) -> str:
     """A run's results (`MutualDistillationTrainer.results()`) as a Markdown table: teacher, supervised-only student,
-    each student (the exported one marked) and the ensemble, accuracy and macro-F1 on the eval set."""
+    each student (the exported one marked) and, for K > 1, the ensemble, accuracy and macro-F1 on the eval set."""
     lines = [f"| {'model':<28} | accuracy | macro-F1 |", f"|{'-' * 30}|{'-' * 10}|{'-' * 10}|"]
     lines.append(_row("teacher", results["teacher"]))
     lines.append(_row("supervised-only student", results.get("supervised_only")))
     for k, metrics in enumerate(results["students"] or []):
         mark = " (exported)" if k == results["chosen_student"] else ""
         lines.append(_row(f"student {k}{mark}", metrics))
-    lines.append(_row("ensemble of students", results["ensemble"]))
+    if len(results["students"] or []) > 1:  # one student is its own ensemble
+        lines.append(_row("ensemble of students", results["ensemble"]))
     return "\n".join(lines)
 
 

@@ -12,6 +12,7 @@ import torch
 from datasets import Dataset
 from torch import nn
 from transformers import (
+    AutoConfig,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     EvalPrediction,
@@ -72,7 +73,8 @@ class MutualDistillationTrainer(Trainer):
     and the step minimises Σ_k L^k ([`nanonet_hf.losses.cohort_loss`]). Teacher logits `t` are computed once from
     `teacher_model` and cached ([`nanonet_hf.teacher.add_teacher_logits`]). With `args.online_teacher`, the teacher
     trains along (cross-entropy on the labeled rows, optionally distillation from the students) and its live logits
-    are `t`. Either is divided by `args.teacher_temperature` first. With `args.student_views`, student k sees its own
+    are `t`. Either is divided by the teacher temperature first (`args.teacher_temperature`; by default 0.25 for a
+    SetFit teacher, 1 for any other). With `args.student_views`, student k sees its own
     view of the batch ([`nanonet_hf.views`]) in training.
 
     Example:
@@ -89,9 +91,11 @@ class MutualDistillationTrainer(Trainer):
             A base model id/folder, from which the cohort is built with the cohort settings of `args` (the single
             source of K, layers and adapters), or a cohort built by hand, which must agree with `args`.
         teacher_model (`str`, [`SetFitTeacher`] or [`~transformers.PreTrainedModel`], *optional*):
-            A sequence classifier id/folder with the data's labels, a body for SetFit (`args.teacher_type="setfit"`),
-            or a [`SetFitTeacher`]. `None`: one is trained here on the labeled rows (a full fine-tune of the base, or
-            SetFit on it), into `output_dir/teacher`. With `args.online_teacher`, the classifier trained along.
+            A sequence classifier id/folder with the data's labels, a sentence-transformers body that SetFit trains
+            on the labels, or a [`SetFitTeacher`] (`args.teacher_type`, "auto" by default, tells which a folder is).
+            `None`: one is trained here on the labeled rows (SetFit on the base, in memory; with
+            `teacher_type="fine_tune"`, a full fine-tune of the base into `output_dir/teacher`). With
+            `args.online_teacher`, the classifier trained along.
         args ([`MutualDistillationConfig`], *optional*):
             Training configuration; defaults to one with `output_dir="nanonet_output"`.
         train_dataset (`datasets.Dataset`):
@@ -243,6 +247,10 @@ class MutualDistillationTrainer(Trainer):
             callbacks=callbacks,
             optimizers=optimizers,
         )
+        # SetFit's logistic head is under-confident: its logits are sharpened unless told otherwise
+        self.teacher_temperature = args.teacher_temperature
+        if self.teacher_temperature is None:
+            self.teacher_temperature = 0.25 if isinstance(self.teacher, SetFitTeacher) else 1.0
         self.chosen_student: int | None = None
         self.saved_results: dict | None = None  # what the last save_model wrote to results.json
         self._saved_to, self._started = None, started
@@ -250,10 +258,13 @@ class MutualDistillationTrainer(Trainer):
     # ---- teacher ----
 
     def _check_teacher(self, teacher_model, args: MutualDistillationConfig, label_names: list[str] | None, tokenizer):
-        """Resolve a teacher id to its folder and check a classifier's labels and tokenizer, before any work."""
+        """Resolve a teacher id to its folder, decide what kind of teacher it is (`self.teacher_type`) and check a
+        classifier's labels and tokenizer, before any work."""
         if isinstance(teacher_model, (str, os.PathLike)):
             teacher_model = resolve_model_path(str(teacher_model))
-            if label_names is not None and args.teacher_type == "fine_tune":  # a SetFit body has no label space yet
+        self.teacher_type = teacher_type(teacher_model, args)
+        if isinstance(teacher_model, (str, os.PathLike)):
+            if label_names is not None and self.teacher_type == "fine_tune":  # a SetFit body has no label space yet
                 teacher_tokenizer = check_teacher(teacher_model, label_names)
                 if args.online_teacher and tokenizer is not None and teacher_tokenizer.get_vocab() != tokenizer.get_vocab():
                     raise ValueError(
@@ -263,7 +274,7 @@ class MutualDistillationTrainer(Trainer):
                     )
         if args.online_teacher and isinstance(teacher_model, SetFitTeacher):
             raise ValueError("online_teacher trains a transformers classifier along; it cannot be a SetFit teacher.")
-        if args.online_teacher and teacher_model is None and args.teacher_type == "setfit":
+        if args.online_teacher and teacher_model is None and self.teacher_type == "setfit":
             raise ValueError("online_teacher trains a transformers classifier along; teacher_type='setfit' cannot.")
         return teacher_model
 
@@ -276,7 +287,7 @@ class MutualDistillationTrainer(Trainer):
             return None  # no distillation: no teacher is made (a supervised-only run)
         if isinstance(teacher_model, SetFitTeacher):
             self.teacher, name = teacher_model, f"SetFit on {teacher_model.body_name_or_path}"
-        elif args.teacher_type == "setfit" and not isinstance(teacher_model, PreTrainedModel):
+        elif self.teacher_type == "setfit" and not isinstance(teacher_model, PreTrainedModel):
             body = teacher_model or base  # in memory, trained on first use: not at all when its logits are cached
             self.teacher = SetFitTeacher(body, self.labeled, num_iterations=args.setfit_iterations,
                                          max_length=args.max_length, seed=args.seed)  # fmt: skip
@@ -365,8 +376,8 @@ class MutualDistillationTrainer(Trainer):
                 live = cohort.teacher(**model_inputs).logits.float()  # [B, C]
             teacher_loss = supervised_loss(live[:, None], labels)[0]
             teacher_logits = live.detach()
-        if teacher_logits is not None and args.teacher_temperature != 1.0:  # sharpen (< 1) or soften the teacher
-            teacher_logits = teacher_logits.float() / args.teacher_temperature
+        if teacher_logits is not None and self.teacher_temperature != 1.0:  # sharpen (< 1) or soften the teacher
+            teacher_logits = teacher_logits.float() / self.teacher_temperature
         unlabeled = labels == IGNORE_INDEX  # distillation, from the teacher or the students, on these rows only
         with self.accelerator.autocast():
             views = self._views(cohort, model_inputs, labels, unlabeled, teacher_logits) if model.training else None
@@ -774,6 +785,22 @@ class MutualDistillationTrainer(Trainer):
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
         # a cohort checkpoint only nanonet can read is not published (see init_hf_repo)
         return None
+
+
+def teacher_type(teacher_model, args: MutualDistillationConfig) -> str:
+    """"setfit" or "fine_tune" (a transformers classifier, trained here when none is given): `args.teacher_type`, or
+    for "auto" what `teacher_model` is: a `...ForSequenceClassification` checkpoint, an in-memory model or an online
+    teacher is a classifier; no teacher, a `SetFitTeacher` or any other body gets SetFit."""
+    if args.teacher_type != "auto":
+        return args.teacher_type
+    if isinstance(teacher_model, SetFitTeacher):
+        return "setfit"
+    if isinstance(teacher_model, PreTrainedModel) or args.online_teacher:
+        return "fine_tune"
+    if teacher_model is None:
+        return "setfit"
+    architectures = AutoConfig.from_pretrained(teacher_model).architectures or []
+    return "fine_tune" if any(name.endswith("ForSequenceClassification") for name in architectures) else "setfit"
 
 
 def _num_labeled(rows: Dataset) -> int:

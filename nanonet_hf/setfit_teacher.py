@@ -43,10 +43,6 @@ class SetFitTeacher:
         max_length: int = 64,
         seed: int = 0,
     ):
-        try:
-            import setfit  # noqa: F401
-        except ImportError as error:
-            raise ImportError("A SetFit teacher needs the setfit package: pip install 'nanonet-hf[setfit]'") from error
         self.body_name_or_path = body_name_or_path
         self.labeled = labeled.select_columns(["text", "label"])
         self.num_labels = len(labeled.features["label"].names)

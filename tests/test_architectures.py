@@ -120,9 +120,11 @@ def test_one_backward_gives_each_student_its_own_gradients(case, layout, checkpo
     assert set(together) == trainable
     for key, param in cohort.named_parameters():
         if param.requires_grad:
-            # gradients reach tens here: the tolerance follows each tensor's scale (float32 sums in another order)
+            # gradients reach tens here: the tolerance follows each tensor's scale (float32 sums in another order,
+            # through up to 6 adapted linears per layer: up to 3e-5 of the scale seen); a student mixed up with
+            # another is off by the order of the gradient itself
             scale = max(1.0, param.grad.abs().max().item())
-            torch.testing.assert_close(together[key], param.grad, atol=1e-5 * scale, rtol=1e-4, msg=key)
+            torch.testing.assert_close(together[key], param.grad, atol=1e-4 * scale, rtol=1e-4, msg=key)
     heads = {key.split("modules_to_save.")[0] for key in trainable if "modules_to_save" in key}
     assert len(heads) == len(cohort.architecture.head)  # every head module is per student
 

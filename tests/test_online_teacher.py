@@ -20,7 +20,9 @@ def teacher(tiny_model_dir):
 
 
 def make(tiny_model_dir, tokenizer, train, tmp_path, teacher_model, **overrides):
-    args = make_args(tmp_path, online_teacher=True, online_teacher_learning_rate=3e-3, **overrides)
+    # LoRA r=2 on query/value: the tiny teacher (its 0.1M weights) stays larger than the three students' adapters
+    args = make_args(tmp_path, online_teacher=True, online_teacher_learning_rate=3e-3, lora_r=2,
+                     lora_target_modules=["query", "value"], **overrides)  # fmt: skip
     cohort = StudentCohort.from_pretrained(tiny_model_dir, id2label=ID2LABEL, num_students=3, lora_config=args.lora_config())
     return MutualDistillationTrainer(
         model=cohort, args=args, train_dataset=train, processing_class=tokenizer, teacher_model=teacher_model

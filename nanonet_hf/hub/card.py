@@ -141,7 +141,7 @@ def plot_learning_curves(curves: dict, path: str, chosen_student: int | None = N
     for k, accuracies in enumerate(curves["students"]):
         label = f"student {k}" + (" (published)" if k == chosen_student else "")
         axes.plot(curves["step"], [100 * a for a in accuracies], marker="o", linewidth=2.2 if k == chosen_student else 1.2, label=label)
-    if all(value is not None for value in curves["ensemble"]):
+    if len(curves["students"]) > 1 and all(value is not None for value in curves["ensemble"]):
         axes.plot(curves["step"], [100 * a for a in curves["ensemble"]], "k--", linewidth=1, label="ensemble")
     axes.set_xlabel("training step")
     axes.set_ylabel("test accuracy (%)")
@@ -224,7 +224,8 @@ def model_card(
         table.append(dict(name="supervised-only student", **results["supervised_only"]))
     for k, metrics in enumerate(results["students"]):
         table.append(dict(name=f"**student {k} (this model)**" if k == chosen else f"student {k}", **metrics))
-    table.append(dict(name=f"ensemble of the {len(results['students'])} students", **results["ensemble"]))
+    if len(results["students"]) > 1 and results.get("ensemble"):  # one student is its own ensemble
+        table.append(dict(name=f"ensemble of the {len(results['students'])} students", **results["ensemble"]))
 
     examples = results.get("examples") or ["An example text to classify."]
     training = results.get("training") or {}
