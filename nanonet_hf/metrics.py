@@ -102,6 +102,6 @@ def run_summary(results: dict) -> str:
     budget, cohort = results["label_budget"], results["cohort"]
     return (
         f"{budget['labeled']} labels ({budget['labels_per_class']}/class), {budget['unlabeled']} unlabeled, "
-        f"{budget['test']} test rows; {cohort['num_students']} students, {cohort['steps']} steps; student "
+        f"{budget['test']} test rows; {cohort['num_students']} student{'s' * (cohort['num_students'] != 1)}, {cohort['steps']} steps; student "
         f"{results['chosen_student']} chosen by {results['selection']}; wall time {results['wall_time_s']['total_s']:.0f} s."
     )
