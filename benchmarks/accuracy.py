@@ -184,8 +184,6 @@ def run_nanonet(settings: dict, data, unlabeled, test, teacher, scratch: str) ->
     """Train one cohort through the library's pipeline (raw rows in, the teacher's logits cached inside) and take its
     `results()`: every student, the ensemble (one definition: `cohort_metrics`, the mean of the students'
     probabilities) and the student the trainer chooses without test labels (`select_student`)."""
-    if teacher is not None and not isinstance(teacher, SetFitTeacher):  # a fine-tuned teacher's folder
-        settings = {**settings, "teacher_type": "fine_tune"}
     config = MutualDistillationConfig(output_dir=os.path.join(scratch, "cohort"), use_cpu=True, **settings)
     trainer = MutualDistillationTrainer(
         model=MINILM, teacher_model=teacher, args=config, train_dataset=data.labeled, unlabeled_dataset=unlabeled,

@@ -263,15 +263,15 @@ class MutualDistillationTrainer(Trainer):
         if isinstance(teacher_model, (str, os.PathLike)):
             teacher_model = resolve_model_path(str(teacher_model))
         self.teacher_type = teacher_type(teacher_model, args)
-        if isinstance(teacher_model, (str, os.PathLike)):
-            if label_names is not None and self.teacher_type == "fine_tune":  # a SetFit body has no label space yet
-                teacher_tokenizer = check_teacher(teacher_model, label_names)
-                if args.online_teacher and tokenizer is not None and teacher_tokenizer.get_vocab() != tokenizer.get_vocab():
-                    raise ValueError(
-                        f"online_teacher: the teacher {teacher_model} tokenizes differently from the students' base; an "
-                        "online teacher reads the students' token ids. Drop online_teacher to distil from its cached "
-                        "logits instead."
-                    )
+        # a classifier folder: its labels and tokenizer (a SetFit body has no label space yet)
+        if isinstance(teacher_model, (str, os.PathLike)) and label_names is not None and self.teacher_type == "fine_tune":
+            teacher_tokenizer = check_teacher(teacher_model, label_names)
+            if args.online_teacher and tokenizer is not None and teacher_tokenizer.get_vocab() != tokenizer.get_vocab():
+                raise ValueError(
+                    f"online_teacher: the teacher {teacher_model} tokenizes differently from the students' base; an "
+                    "online teacher reads the students' token ids. Drop online_teacher to distil from its cached "
+                    "logits instead."
+                )
         if args.online_teacher and isinstance(teacher_model, SetFitTeacher):
             raise ValueError("online_teacher trains a transformers classifier along; it cannot be a SetFit teacher.")
         if args.online_teacher and teacher_model is None and self.teacher_type == "setfit":
