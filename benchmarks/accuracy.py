@@ -10,6 +10,9 @@ method:
 - SetFit with the MiniLM-L6 body and with the MPNet body (`setfit`, contrastive pairs + logistic head);
 - SetFit's own distiller (`setfit.DistillationTrainer`): a MiniLM-L6 student distilled from the SetFit teacher
   (`--distill_teacher`, SetFit MPNet by default) on the same unlabeled pool;
+- an LLM teacher (`llm-teacher`): SmolLM2-135M-Instruct scoring each class's verbalizer after a prompt with
+  `--llm_shots` labeled examples per class, before and after calibration on the labeled rows, and its ensemble with
+  SetFit MiniLM-L6 (the mean of their probabilities); both can teach nanonet (`--other_teachers`);
 - nanonet: the student chosen without test labels (agreement with the teacher on unlabeled rows) and the ensemble;
   with the SetFit MiniLM-L6 teacher (`--teacher`), and with each of `--other_teachers` (SetFit MPNet, the fine-tuned
   MiniLM-L6);
@@ -58,15 +61,19 @@ from nanonet_hf import (
     prepare_data,
     train_teacher,
 )
+from nanonet_hf.data import BUILTIN_VERBALIZERS, cap_rows
 from nanonet_hf.inference import predict_logits
+from nanonet_hf.llm_teacher import LLMTeacher
 from nanonet_hf.resources import resolve_model_path
 from nanonet_hf.setfit_teacher import SetFitTeacher
 from nanonet_hf.teacher import load_teacher
+from nanonet_hf.teacher_ensemble import TeacherEnsemble
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 MPNET = "sentence-transformers/all-mpnet-base-v2"
-GENERATOR = "HuggingFaceTB/SmolLM2-135M-Instruct"
+GENERATOR = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the LM that writes text for the ablation, and the LLM teacher
+LLM = "LLM SmolLM2-135M"
 logger = logging.getLogger("benchmarks.accuracy")
 
 # name → changes to the nanonet settings (the recipe's recipes/configs/trec6.yaml); "_max_unlabeled" caps the pool,
@@ -245,6 +252,31 @@ def run_setting(dataset: str, labels_per_class: int, seed: int, args, methods: s
                 metrics, note = None, f"skipped: {error}"
             record(f"SetFit {name}", metrics, began, note)
 
+        if "llm-teacher" in methods:  # SmolLM2-135M scoring the verbalizers; with SetFit MiniLM-L6, their ensemble
+            began = time.perf_counter()
+            try:
+                llm = LLMTeacher(GENERATOR, data.labeled, verbalizers=BUILTIN_VERBALIZERS.get(dataset),
+                                 examples_per_class=args.llm_shots, seed=seed)  # fmt: skip
+            except (ImportError, FileNotFoundError) as error:
+                record(LLM, None, began, note=f"skipped: {error}")
+            else:
+                logits = np.asarray(add_teacher_logits(test, llm, label_names=data.label_names)["teacher_logits"])
+                shots = f"{args.llm_shots}-shot" if args.llm_shots else "zero-shot"
+                labels = np.asarray(test["label"])
+                bias = llm.bias  # fitted on the labeled rows (now, when the logits came from the cache)
+                report = llm.report
+                record(f"{LLM} ({shots}, uncalibrated)", classification_metrics((logits - bias).argmax(-1), labels, num_classes), began,
+                       note=f"labeled rows {100 * report['labeled_accuracy_uncalibrated']:.1f}")  # fmt: skip
+                record(f"{LLM} ({shots}, prior calibration)", classification_metrics(logits.argmax(-1), labels, num_classes), began,
+                       note=f"labeled rows {100 * report['labeled_accuracy_calibrated']:.1f}")  # fmt: skip
+                teachers[LLM] = llm
+                if "SetFit MiniLM-L6" in teachers:
+                    began = time.perf_counter()
+                    ensemble = TeacherEnsemble([teachers["SetFit MiniLM-L6"], llm])
+                    logits = np.asarray(add_teacher_logits(test, ensemble, label_names=data.label_names)["teacher_logits"])
+                    record(f"SetFit MiniLM-L6 + {LLM} (teacher ensemble, mean)", classification_metrics(logits.argmax(-1), labels, num_classes), began)
+                    teachers[f"SetFit MiniLM-L6 + {LLM}"] = ensemble
+
         if "setfit-distillation" in methods:  # needs the SetFit teacher trained above
             began = time.perf_counter()
             name = f"SetFit DistillationTrainer ({args.distill_teacher} teacher, MiniLM-L6 student)"
@@ -268,9 +300,7 @@ def run_setting(dataset: str, labels_per_class: int, seed: int, args, methods: s
                 logger.warning("no generated text: %s", error)
 
         def pool(extra=None, max_unlabeled=None):
-            rows = data.unlabeled
-            if max_unlabeled is not None and len(rows) > max_unlabeled:  # a seeded subset, as prepare_data's
-                rows = rows.select(np.random.default_rng(seed).permutation(len(rows))[:max_unlabeled])
+            rows = cap_rows(data.unlabeled, max_unlabeled, seed)  # a seeded subset, as prepare_data's
             return rows if extra is None else concatenate_datasets([rows, extra.cast(rows.features)])
 
         if "supervised-student" in methods:  # no distillation and no teacher: the trainer makes none
@@ -374,9 +404,9 @@ def plot(runs: list[Run], path: str) -> None:
     figure.savefig(path, dpi=120)
 
 
-ALL_METHODS = ["teacher-mpnet", "setfit-minilm-l6", "setfit-mpnet", "setfit-distillation", "supervised-student", "nanonet",
-               "ablations"]  # fmt: skip
-TEACHERS = ["SetFit MiniLM-L6", "SetFit MPNet", "fine-tuned MiniLM-L6", "fine-tuned MPNet"]
+ALL_METHODS = ["teacher-mpnet", "setfit-minilm-l6", "setfit-mpnet", "llm-teacher", "setfit-distillation",
+               "supervised-student", "nanonet", "ablations"]  # fmt: skip
+TEACHERS = ["SetFit MiniLM-L6", "SetFit MPNet", "fine-tuned MiniLM-L6", "fine-tuned MPNet", LLM, f"SetFit MiniLM-L6 + {LLM}"]
 
 
 def _setting(text: str) -> tuple[str, object]:
@@ -404,6 +434,7 @@ def parse_args(argv=None):
     parser.add_argument("--test_rows", type=int, default=None, help="first N rows of the fixed test split (default all)")
     parser.add_argument("--teacher_epochs", type=float, default=20)
     parser.add_argument("--setfit_iterations", type=int, default=20)
+    parser.add_argument("--llm_shots", type=int, default=1, help="labeled examples per class in the LLM teacher's prompt")
     parser.add_argument("--generated", type=int, default=200, help="LM-generated texts for the ablation")
     parser.add_argument("--distill_teacher", default="SetFit MPNet", choices=["SetFit MiniLM-L6", "SetFit MPNet"],
                         help="the teacher of setfit-distillation (SetFit's DistillationTrainer)")
@@ -424,7 +455,7 @@ def parse_args(argv=None):
         args.datasets, args.labels_per_class, args.seeds = ["trec6"], [10], [0]
         args.steps, args.max_unlabeled, args.test_rows, args.teacher_epochs = 6, 64, 100, 1
         args.setfit_iterations, args.generated, args.distill_teacher = 1, 4, "SetFit MiniLM-L6"
-        args.methods = [m for m in args.methods if m not in ("teacher-mpnet", "setfit-mpnet")]
+        args.methods = [m for m in args.methods if m not in ("teacher-mpnet", "setfit-mpnet", "llm-teacher")]
         args.other_teachers = ["fine-tuned MiniLM-L6"]
         args.ablations = [a for a in args.ablations if a in ("nanonet K=2", "nanonet bias-only")]
         args.ablation_datasets = None

@@ -104,6 +104,11 @@ def load_rotten_tomatoes() -> DatasetDict:
 
 
 BUILTIN_DATASETS = {"trec6": load_trec6, "rotten_tomatoes": load_rotten_tomatoes}
+# name -> the words an LLM teacher scores for each class (the label names are codes: ABBR, HUM, ...)
+BUILTIN_VERBALIZERS = {
+    "trec6": ["ABBR=abbreviation", "DESC=description", "ENTY=entity", "HUM=person", "LOC=location", "NUM=number"],
+    "rotten_tomatoes": ["negative", "positive"],
+}
 # name -> (the same data's Hub dataset id, a readable name), for model cards
 BUILTIN_DATASET_INFO = {
     "trec6": ("CogComp/trec", "TREC-6 questions (Li & Roth 2002)"),
@@ -358,13 +363,19 @@ def prepare_data(
         )
     if extra is not None:
         unlabeled = concatenate_datasets([unlabeled, extra.cast(unlabeled.features)])
-    if max_unlabeled is not None and len(unlabeled) > max_unlabeled:
-        keep = np.random.default_rng(seed).permutation(len(unlabeled))[:max_unlabeled]
-        unlabeled = unlabeled.select(sorted(keep.tolist()))
+    unlabeled = cap_rows(unlabeled, max_unlabeled, seed)
     if test is not None:
         warn_about_overlap(labeled, unlabeled, test)
     labeled.info.dataset_name = dataset or labeled_file  # the model card names (and, if built in, links) the data
     return FewShotData(labeled=labeled, unlabeled=unlabeled, test=test)
+
+
+def cap_rows(rows: Dataset, max_rows: int | None, seed: int) -> Dataset:
+    """At most `max_rows` of `rows`: a seeded subset, kept in the rows' own order (`None`: all of them)."""
+    if max_rows is None or len(rows) <= max_rows:
+        return rows
+    keep = np.random.default_rng(seed).permutation(len(rows))[:max_rows]
+    return rows.select(sorted(keep.tolist()))
 
 
 def warn_about_overlap(labeled: Dataset, unlabeled: Dataset, test: Dataset) -> dict[str, int]:

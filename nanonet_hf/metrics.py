@@ -41,6 +41,14 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
+def ensemble_log_probs(logits: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """The ensemble of several models' predictions `[N, M, C]` (logits or log-probabilities): the log of their
+    probabilities' (weighted) mean, `[N, C]`. The one definition of an ensemble: of the students and of teachers."""
+    probabilities = _softmax(np.asarray(logits, dtype=np.float64))
+    weights = np.full(probabilities.shape[1], 1 / probabilities.shape[1]) if weights is None else np.asarray(weights, dtype=np.float64)
+    return np.log(np.clip(np.einsum("nmc,m->nc", probabilities, weights / weights.sum()), 1e-12, None))
+
+
 def cohort_metrics(eval_prediction: EvalPrediction) -> dict[str, float]:
     """Per-student, ensemble and best-student metrics from logits shaped `[N, K, C]`.
 
@@ -59,7 +67,7 @@ def cohort_metrics(eval_prediction: EvalPrediction) -> dict[str, float]:
     per_student = [classification_metrics(logits[:, k].argmax(-1), labels, num_classes) for k in range(num_students)]
     for k, student in enumerate(per_student):
         metrics.update({f"student_{k}_{name}": value for name, value in student.items()})
-    ensemble = classification_metrics(_softmax(logits).mean(axis=1).argmax(-1), labels, num_classes)
+    ensemble = classification_metrics(ensemble_log_probs(logits).argmax(-1), labels, num_classes)
     metrics.update({f"ensemble_{name}": value for name, value in ensemble.items()})
     best = int(np.argmax([student["accuracy"] for student in per_student]))
     metrics["best_student"] = best
@@ -88,6 +96,8 @@ def results_table(results: dict) -> str:
     each student (the exported one marked) and, for K > 1, the ensemble, accuracy and macro-F1 on the eval set."""
     lines = [f"| {'model':<28} | accuracy | macro-F1 |", f"|{'-' * 30}|{'-' * 10}|{'-' * 10}|"]
     lines.append(_row("teacher", results["teacher"]))
+    for name, metrics in (results.get("teachers") or {}).items():  # an ensemble's members
+        lines.append(_row(f"  {name[:26]}", metrics))
     lines.append(_row("supervised-only student", results.get("supervised_only")))
     for k, metrics in enumerate(results["students"] or []):
         mark = " (exported)" if k == results["chosen_student"] else ""

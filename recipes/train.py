@@ -14,6 +14,12 @@ Your own files (labels as ids or names); the defaults are the recommended settin
     accelerate launch recipes/train.py --labeled_file labeled.jsonl --unlabeled_file pool.jsonl \\
         --eval_file test.jsonl --output_dir runs/mine
 
+An LLM that labels the pool (SmolLM2-135M from its PyPI package by default), alone or with SetFit:
+
+    accelerate launch recipes/train.py --config recipes/configs/trec6.yaml --teacher_type llm
+    accelerate launch recipes/train.py --labeled_file labeled.jsonl --unlabeled_file pool.jsonl \\
+        --teacher_type setfit+llm --verbalizers negative positive --eval_file test.jsonl --output_dir runs/mine
+
 Writes OUTPUT_DIR/results.json, OUTPUT_DIR/student/ (plain transformers model with its card), OUTPUT_DIR/student_adapter/,
 OUTPUT_DIR/teacher/ (when trained here) and prints a table of teacher, students, ensemble and a supervised-only
 student trained on the same labels with the same budget.
@@ -28,6 +34,7 @@ from datasets import concatenate_datasets
 
 from nanonet_hf import MutualDistillationConfig, MutualDistillationTrainer, generate_unlabeled, prepare_data
 from nanonet_hf.cli import parse_config
+from nanonet_hf.data import BUILTIN_VERBALIZERS
 from nanonet_hf.metrics import results_table, run_summary
 
 
@@ -40,7 +47,9 @@ class ScriptArguments:
         metadata={"help": "Base encoder of the students (and of the teacher trained here). Packaged ids resolve offline."},
     )
     teacher_name_or_path: str | None = field(
-        default=None, metadata={"help": "A classifier with the same labels (or a SetFit body). Default: train one here."}
+        default=None,
+        metadata={"help": "A classifier with the same labels, a SetFit body, or a causal LM (--teacher_type llm). "
+                  "Default: train one here."},
     )
     dataset: str | None = field(default=None, metadata={"help": "Built-in dataset: 'trec6' or 'rotten_tomatoes'."})
     labeled_file: str | None = field(default=None, metadata={"help": "Labeled .jsonl/.csv/.tsv file (the pool)."})
@@ -87,6 +96,8 @@ def main(script_args: ScriptArguments, training_args: MutualDistillationConfig) 
     ################
     # Teacher, cohort, training
     ################
+    if training_args.verbalizers is None and script_args.dataset in BUILTIN_VERBALIZERS:  # an LLM teacher's words
+        training_args.verbalizers = BUILTIN_VERBALIZERS[script_args.dataset]
     trainer = MutualDistillationTrainer(
         model=script_args.model_name_or_path,
         teacher_model=script_args.teacher_name_or_path,

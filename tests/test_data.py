@@ -173,3 +173,14 @@ def test_collator_pads_and_keeps_labels_and_teacher_logits(tokenizer):
     assert batch["attention_mask"][0].tolist() == [1, 1, 1, 0, 0, 0]
     assert batch["labels"].tolist() == [0, IGNORE_INDEX]
     assert torch.equal(batch["teacher_logits"], torch.tensor([[1.0, 0, 0], [0, 2.0, 0]]))
+
+
+def test_cap_rows_keeps_a_seeded_subset_in_the_rows_order():
+    from nanonet_hf.data import cap_rows
+
+    rows = Dataset.from_dict({"text": [f"text {i}" for i in range(50)]})
+    kept = cap_rows(rows, 10, seed=3)
+    indices = [int(text.split()[1]) for text in kept["text"]]
+    assert len(indices) == 10 and indices == sorted(indices)
+    assert kept["text"] == cap_rows(rows, 10, seed=3)["text"] != cap_rows(rows, 10, seed=4)["text"]
+    assert cap_rows(rows, None, seed=0) is rows and cap_rows(rows, 50, seed=0) is rows

@@ -220,6 +220,8 @@ def model_card(
         ],
     )
     table = [dict(name="teacher", **results["teacher"])] if results.get("teacher") else []
+    for name, metrics in (results.get("teachers") or {}).items():  # an ensemble's members, each alone
+        table.append(dict(name=f"teacher member: {name}", **metrics))
     if results.get("supervised_only"):
         table.append(dict(name="supervised-only student", **results["supervised_only"]))
     for k, metrics in enumerate(results["students"]):
