@@ -134,6 +134,9 @@ class LLMTeacher:
         gguf_file (`str`, *optional*): a GGUF file in the folder.
         max_length (`int`): tokens of each text kept (the prompt around it is not cut).
         batch_size (`int`): texts per forward.
+        share_prefix (`bool`): run the prompt's shared beginning once and repeat its key/value cache over each batch
+            (the default); `False` runs the whole prompt for every row (the same scores; for an LM whose cache cannot
+            be repeated, and for benchmarks/llm_teacher_speed.py's comparison).
     """
 
     default_temperature = 1.0  # its calibrated distribution is used as is
@@ -153,6 +156,7 @@ class LLMTeacher:
         max_length: int = 128,
         batch_size: int = 16,
         seed: int = 0,
+        share_prefix: bool = True,
     ):
         self.label_names = list(labeled.features["label"].names)
         self.verbalizers = parse_verbalizers(verbalizers, self.label_names)
@@ -183,11 +187,17 @@ class LLMTeacher:
         empty = [word for word, ids in zip(self.verbalizers, self.verbalizer_ids) if not ids]
         if empty:
             raise ValueError(f"The verbalizer(s) {empty} tokenize to nothing with {model_name_or_path}'s tokenizer.")
+        same = [word for word, ids in zip(self.verbalizers, self.verbalizer_ids) if self.verbalizer_ids.count(ids) > 1]
+        if same:  # e.g. words the vocabulary lacks, each one unknown token
+            raise ValueError(f"The verbalizers {same} tokenize to the same tokens with {model_name_or_path}'s "
+                             "tokenizer: their classes could not be told apart.")  # fmt: skip
         self.settings = {
             "verbalizers": dict(zip(self.label_names, self.verbalizers)), "prompt": prompt, "example_format": example_format,
             "examples_per_class": examples_per_class, "calibration": calibration, "use_chat_template": use_chat_template,
             "gguf_file": gguf_file, "max_length": max_length, "batch_size": batch_size, "seed": seed,
+            "share_prefix": share_prefix,
         }  # fmt: skip
+        self.share_prefix = share_prefix
         self._candidates = self._draw_examples()
         self._model = None
         self._bias = None
@@ -278,11 +288,14 @@ class LLMTeacher:
         for examples, indices in groups.items():
             prefix, before, after = self._split(examples)
             prefix_ids = self.tokenizer(prefix, add_special_tokens=True, return_tensors="pt")["input_ids"]
+            head = [] if self.share_prefix else prefix_ids[0].tolist()  # unshared: every row carries the whole prompt
+            if not self.share_prefix:
+                prefix_ids = prefix_ids[:, :0]
             cache = self._cache_of(self.model(input_ids=prefix_ids, use_cache=True)) if prefix_ids.shape[1] else None
             indices = sorted(indices, key=lambda i: len(texts[i]))  # similar lengths share a batch
             for start in range(0, len(indices), self.batch_size):
                 batch = indices[start : start + self.batch_size]
-                rows = [self._text_ids(before, texts[i], after) for i in batch]
+                rows = [head + self._text_ids(before, texts[i], after) for i in batch]
                 scores[batch] = self._score(cache, prefix_ids.shape[1], rows)
                 bar.update(len(batch))
         bar.close()

@@ -51,6 +51,8 @@ def test_batched_cached_scores_equal_a_plain_forward(tiny_lm, verbalizers, shots
     batched = teacher.class_log_probs(texts)  # left-padded batches of different lengths after a shared prefix
     expected = np.stack([plain_scores(teacher, text) for text in texts])
     np.testing.assert_allclose(batched, expected, atol=1e-4)
+    unshared = LLMTeacher(tiny_lm, labeled, verbalizers=verbalizers, examples_per_class=shots, batch_size=4, share_prefix=False)
+    np.testing.assert_allclose(unshared.class_log_probs(texts), expected, atol=1e-4)  # whole prompts, left-padded
 
 
 def test_a_row_is_never_its_own_example(tiny_lm):
@@ -110,6 +112,7 @@ def test_logits_are_calibrated_reported_and_cached(tiny_lm, tmp_path, monkeypatc
         ({"verbalizers": {"food": "pasta", "sport": "goal", "tech": "Pasta"}}, "stand for several classes"),
         ({"verbalizers": ["food=pasta", "sport=goal", "science=chip"]}, r"unknown label\(s\) \['science'\]"),
         ({"verbalizers": {"food": "pasta", "sport": "goal", "tech": "\u200b"}}, "tokenize to nothing"),
+        ({"verbalizers": ["pasta", "zebra", "quokka"]}, "tokenize to the same tokens"),
         ({"prompt": "Classify: {labels}\nAnswer:"}, "no {text} placeholder"),
         ({"examples_per_class": 1, "prompt": "{text} is one of {labels}:"}, "no {examples} placeholder"),
         ({"use_chat_template": True}, "has no chat template"),
@@ -259,3 +262,13 @@ def test_smollm2_teaches_a_minilm_student_on_the_builtin_datasets(dataset, tmp_p
     majority = np.bincount(np.asarray(test["label"])).max() / len(test)
     assert results["teacher"]["accuracy"] > majority
     assert results["students"][0]["accuracy"] > 0
+
+
+@pytest.mark.slow
+def test_the_throughput_benchmark_times_shared_and_whole_prompts_that_agree():
+    from .conftest import load_script
+
+    result = load_script("benchmarks", "llm_teacher_speed.py").main(["--texts", "16", "--batch_sizes", "8", "--shots", "1"])
+    (run,) = result["runs"]
+    assert run["texts_per_s_shared_prefix"] > 0 and run["texts_per_s_whole_prompts"] > 0
+    assert run["max_score_difference"] < 1e-3 and run["prefix_tokens"] > run["row_tokens"]
