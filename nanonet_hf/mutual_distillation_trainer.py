@@ -271,6 +271,10 @@ class MutualDistillationTrainer(Trainer):
             teacher_model = resolve_model_path(str(teacher_model))
         self.teacher_type = teacher_type(teacher_model, args)
         kinds = self.teacher_type.split("+")
+        weights = args.ensemble_weights()
+        if len(kinds) > 1 and isinstance(weights, list) and len(weights) != len(kinds):
+            raise ValueError(f"teacher_ensemble_weights {weights} give {len(weights)} weights for the {len(kinds)} "
+                             f"teachers of teacher_type={self.teacher_type!r}.")  # fmt: skip
         if len(kinds) > 1 and teacher_model is not None:
             raise ValueError(
                 f"teacher_type={self.teacher_type!r} builds every member itself (SetFit and the fine-tune on the base, "

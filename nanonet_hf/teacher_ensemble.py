@@ -13,6 +13,7 @@ on the labels is retrained on the other folds; an LLM member shows the fold's ro
 classifier folder cannot be retrained here, so "fit" refuses one.
 """
 
+import functools
 import hashlib
 import json
 import logging
@@ -97,7 +98,7 @@ class TeacherEnsemble:
         self.weights_setting, self.labeled, self.folds, self.seed = weights, labeled, folds, seed
         self._weights = None if weights in ("mean", "fit") else np.asarray(weights) / sum(weights)
 
-    @property
+    @functools.cached_property
     def fingerprint(self) -> str:
         members = [folder_fingerprint(t) if isinstance(t, (str, os.PathLike)) else t.fingerprint for t in self.teachers]
         key = {"members": members, "weights": self.weights_setting, "folds": self.folds, "seed": self.seed}

@@ -272,3 +272,24 @@ def test_the_throughput_benchmark_times_shared_and_whole_prompts_that_agree():
     (run,) = result["runs"]
     assert run["texts_per_s_shared_prefix"] > 0 and run["texts_per_s_whole_prompts"] > 0
     assert run["max_score_difference"] < 1e-3 and run["prefix_tokens"] > run["row_tokens"]
+
+
+def test_ensemble_weights_from_the_config_are_fitted_or_checked_before_any_work(tmp_path, toy_pool, tiny_model_dir, tiny_lm, monkeypatch):
+    labeled, unlabeled, test = raw_splits(toy_pool)
+    settings = dict(num_students=1, teacher_type="setfit+llm", llm_teacher=tiny_lm, llm_examples_per_class=0,
+                    verbalizers=["food=pasta", "sport=goal", "tech=laptop"])  # fmt: skip
+    trainer = MutualDistillationTrainer(model=tiny_model_dir, args=make_args(tmp_path, teacher_ensemble_weights="fit", **settings),
+                                        train_dataset=labeled, unlabeled_dataset=unlabeled, eval_dataset=test)  # fmt: skip
+    weights = trainer.teacher.weights  # cross-fitted on the 12 labeled rows (3 folds): SetFit retrained on each
+    assert weights.shape == (2,) and weights.sum() == pytest.approx(1) and (weights >= 0).all()
+    import nanonet_hf.mutual_distillation_trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module.StudentCohort, "from_pretrained", lambda *a, **k: pytest.fail("work began"))
+    with pytest.raises(ValueError, match=r"give 3 weights for the 2 teachers"):
+        MutualDistillationTrainer(model=tiny_model_dir, args=make_args(tmp_path, teacher_ensemble_weights="1,2,3", **settings),
+                                  train_dataset=labeled, unlabeled_dataset=unlabeled)  # fmt: skip
+    with pytest.raises(ValueError, match="builds every member itself"):
+        MutualDistillationTrainer(model=tiny_model_dir, teacher_model=tiny_lm, args=make_args(tmp_path, **settings),
+                                  train_dataset=labeled, unlabeled_dataset=unlabeled)  # fmt: skip
+    with pytest.raises(ValueError, match="teacher_type must be"):
+        make_args(tmp_path, teacher_type="setfit+setfit")
