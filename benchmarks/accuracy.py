@@ -516,22 +516,28 @@ def main(argv=None) -> list[Run]:
     methods = set(args.methods)
     runs: list[Run] = []
     began = time.perf_counter()
+    command = "python " + shlex.join(["benchmarks/accuracy.py", *(argv if argv is not None else sys.argv[1:])])
+    settings = nanonet_settings(args)
+
+    def header(done: bool) -> str:
+        return (f"Accuracy benchmark — `{command}`{'' if done else ' (partial: the run was still going)'}\n\n"
+                f"MiniLM-L6 students (K={settings['num_students']}, LoRA r={settings.get('lora_r')} on "
+                f"{settings.get('lora_target_modules') or 'every encoder linear layer'}; bias-only where noted), teacher "
+                f"{args.teacher}, {settings['max_steps']} steps, "
+                f"{'every' if args.max_unlabeled is None else f'≤{args.max_unlabeled}'} unlabeled row; total wall time "
+                f"{time.perf_counter() - began:.0f} s on {os.cpu_count()} CPU cores.")  # fmt: skip
+
     for dataset in args.datasets:
         for budget in args.labels_per_class:
             for seed in args.seeds:
                 chosen = methods if args.ablation_datasets is None or dataset in args.ablation_datasets else methods - {"ablations"}
                 runs += run_setting(dataset, budget, seed, args, chosen)
-    command = "python " + shlex.join(["benchmarks/accuracy.py", *(argv if argv is not None else sys.argv[1:])])
-    settings = nanonet_settings(args)
-    header = (f"Accuracy benchmark — `{command}`\n\nMiniLM-L6 students (K={settings['num_students']}, LoRA "
-              f"r={settings.get('lora_r')} on {settings.get('lora_target_modules') or 'every encoder linear layer'}; "
-              f"bias-only where noted), teacher {args.teacher}, {settings['max_steps']} steps, "
-              f"{'every' if args.max_unlabeled is None else f'≤{args.max_unlabeled}'} unlabeled row; total wall time "
-              f"{time.perf_counter() - began:.0f} s on {os.cpu_count()} CPU cores.")  # fmt: skip
+                if args.out:  # after every setting: a run stopped later keeps what it finished, marked partial
+                    write_results(runs, header(False), [command], args.out)
     if args.out:
-        write_results(runs, header, [command], args.out)
+        write_results(runs, header(True), [command], args.out)
     else:
-        print("\n" + header + "\n" + summarize(runs)[0])
+        print("\n" + header(True) + "\n" + summarize(runs)[0])
     return runs
 
 
