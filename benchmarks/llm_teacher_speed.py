@@ -11,11 +11,15 @@ shared prefix and the mean row), texts per second and the shared prefix's speed-
 """
 
 import argparse
+import os
+import sys
 import time
 
 import numpy as np
 import torch
-from common import quiet_transformers, report  # benchmarks/common.py (the script's folder is on sys.path)
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import quiet_transformers, report  # benchmarks/common.py
 
 from nanonet_hf.data import BUILTIN_VERBALIZERS, prepare_data
 from nanonet_hf.llm_teacher import LLMTeacher
