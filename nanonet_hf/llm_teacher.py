@@ -304,9 +304,11 @@ class LLMTeacher:
     # transformers renamed `past_key_values` to `cache` (5.24 warns about the old name, which 5.40 drops): the one
     # place that knows both
     def _cache_argument(self, cache) -> dict:
-        if cache is None:
-            return {}
-        return {"cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values": cache}
+        return {} if cache is None else {self._cache_keyword: cache}
+
+    @functools.cached_property
+    def _cache_keyword(self) -> str:
+        return "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
 
     @staticmethod
     def _cache_of(output):

@@ -22,9 +22,6 @@ from .files import folder_fingerprint
 
 
 class SetFitTeacher:
-    # the logistic head is under-confident: its logits are sharpened (divided by this) unless told otherwise
-    default_temperature = 0.25
-
     """SetFit on `labeled` (`text`, `label` ClassLabel) from the sentence-transformers body `body_name_or_path`
     (`num_iterations` pairs per labeled text: SetFit's default 20), trained when first asked for logits.
 
@@ -34,6 +31,9 @@ class SetFitTeacher:
         num_iterations, num_epochs, batch_size, max_length: SetFit's training arguments.
         seed (`int`): seeds the pairs and the head.
     """
+
+    # the logistic head is under-confident: its logits are sharpened (divided by this) unless told otherwise
+    default_temperature = 0.25
 
     def __init__(
         self,

@@ -27,7 +27,7 @@ from .files import atomic_directory, folder_fingerprint
 from .inference import predict_logits
 from .llm_teacher import LLMTeacher
 from .setfit_teacher import SetFitTeacher
-from .teacher_ensemble import TeacherEnsemble
+from .teacher_ensemble import TeacherEnsemble, teacher_label_names
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def check_teacher(teacher_name_or_path: str, label_names: list[str]) -> PreTrain
     embeddings (reads the config and tokenizer only); return that tokenizer. The teacher may use another vocabulary
     than the students: it tokenizes the texts itself."""
     config = AutoConfig.from_pretrained(teacher_name_or_path)
-    teacher_labels = [config.id2label[i] for i in range(config.num_labels)]
+    teacher_labels = teacher_label_names(teacher_name_or_path)
     if teacher_labels != list(label_names):
         raise ValueError(
             f"The teacher {teacher_name_or_path} predicts labels {teacher_labels}, but the data's labels are "

@@ -25,7 +25,9 @@ from datasets import Dataset
 from transformers import AutoConfig
 
 from .files import folder_fingerprint
+from .llm_teacher import LLMTeacher
 from .metrics import ensemble_log_probs
+from .setfit_teacher import SetFitTeacher
 
 logger = logging.getLogger(__name__)
 
@@ -34,9 +36,9 @@ def teacher_name(teacher) -> str:
     """How a teacher is named in results and the card."""
     if isinstance(teacher, (str, os.PathLike)):
         return str(teacher)
-    if hasattr(teacher, "body_name_or_path"):
+    if isinstance(teacher, SetFitTeacher):
         return f"SetFit on {teacher.body_name_or_path}"
-    if hasattr(teacher, "examples_per_class"):
+    if isinstance(teacher, LLMTeacher):
         shots = f"{teacher.examples_per_class}-shot" if teacher.examples_per_class else "zero-shot"
         return f"LLM {os.path.basename(teacher.gguf_file or teacher.model_name_or_path)} ({shots}, {teacher.calibration} calibration)"
     if isinstance(teacher, TeacherEnsemble):
