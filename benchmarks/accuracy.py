@@ -19,7 +19,8 @@ method:
 - ablations of nanonet (with `--teacher`): a cohort of K = 4 (with and without the mutual loss, with and without
   per-student views) and K = 2, the earlier budget (150 steps on 2,000 unlabeled rows), LoRA r=8 on query/value only,
   a 3-layer cut student, the teacher's logits as given (`teacher_temperature` 1), an adversarial view, bias-only
-  students, with LM-generated unlabeled text (SmolLM2-135M).
+  students, with LM-generated unlabeled text (SmolLM2-135M), and with embedding distillation (`lambda_embedding` 1
+  and 10: the students' sentence embeddings relate the texts as the teacher body's do).
 
 Prints and writes a markdown table (mean ± std over seeds of accuracy and macro-F1, wall time), a JSON file of
 every run, and a PNG of accuracy against labels per class, one line per method.
@@ -91,6 +92,9 @@ ABLATIONS = {
     "nanonet + adversarial view": {"student_views": "adversarial"},
     "nanonet bias-only": {"adapter_type": "bias", "learning_rate": 1e-2},
     "nanonet + generated text": {"_generate": True},
+    # SetFit's distiller objective beside the logits: the students' pairwise cosines match the teacher body's
+    "nanonet + embedding distillation λ=1": {"lambda_embedding": 1.0},
+    "nanonet + embedding distillation λ=10": {"lambda_embedding": 10.0},
 }
 
 

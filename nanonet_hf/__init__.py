@@ -14,7 +14,7 @@ from .metrics import classification_metrics, cohort_metrics
 from .mutual_distillation_config import MutualDistillationConfig
 from .mutual_distillation_trainer import MutualDistillationTrainer
 from .setfit_teacher import SetFitTeacher
-from .teacher import add_teacher_logits, train_teacher
+from .teacher import add_teacher_embeddings, add_teacher_logits, train_teacher
 from .teacher_ensemble import TeacherEnsemble
 from .views import StudentViews, make_student_views
 from .weighting import AdaptiveThresholds
@@ -34,6 +34,7 @@ __all__ = [
     "SetFitTeacher",
     "StudentViews",
     "TeacherEnsemble",
+    "add_teacher_embeddings",
     "add_teacher_logits",
     "classification_metrics",
     "cohort_loss",

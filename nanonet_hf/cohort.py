@@ -453,10 +453,14 @@ class StudentCohort(nn.Module):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         views: StudentViews | None = None,
-    ) -> torch.Tensor:
+        return_embeddings: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Logits of every student, `[batch, K, classes]`, from one forward: the shared trunk on the batch, the adapted
         layers and heads on a K× batch ([`nanonet_hf.routing`]). `views` (see [`nanonet_hf.views`]) gives each
-        student its own view of the batch."""
+        student its own view of the batch. With `return_embeddings`, also each student's sentence embeddings
+        `[batch, K, hidden]`: the mean over the text's tokens of the encoder's last hidden states (what
+        sentence-transformers bodies such as MiniLM and MPNet were trained to pool; the head keeps its own pooling),
+        for embedding distillation ([`nanonet_hf.losses.embedding_loss`])."""
         batch, num_students = input_ids.shape[0], self.num_students
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
         # the classification model sees K copies of the batch, student-major; its backbone takes one of them
@@ -468,12 +472,23 @@ class StudentCohort(nn.Module):
             inputs["position_ids"] = self.position_ids(inputs["input_ids"], views.position_order.reshape(num_students * batch, -1))
         # kept after the forward, for the recompute of gradient checkpointing
         self.router.begin(batch, trunk=self.shared_layers is not None and not shuffled, views=views)
+        hidden, hook = [], None
+        if return_embeddings:  # the backbone's (e.g. BertModel's) last hidden states, before any head or pooler
+            backbone = self.peft_model.get_base_model().base_model
+            hook = backbone.register_forward_hook(lambda module, args, output: hidden.append(output[0]))
         try:
             logits = self.peft_model(**inputs).logits
         finally:
+            if hook is not None:
+                hook.remove()
             if not torch.is_grad_enabled():
                 self.release_routing()  # no backward will follow
-        return logits.view(num_students, batch, -1).transpose(0, 1)  # [B, K, C]
+        logits = logits.view(num_students, batch, -1).transpose(0, 1)  # [B, K, C]
+        if not return_embeddings:
+            return logits
+        mask = inputs.get("attention_mask")
+        embeddings = _mean_pool(hidden[-1], mask if mask is not None else torch.ones_like(inputs["input_ids"]))
+        return logits, embeddings.view(num_students, batch, -1).transpose(0, 1)  # [B, K, H]
 
     @contextlib.contextmanager
     def single_student(self, name: str):
@@ -545,6 +560,12 @@ class StudentCohort(nn.Module):
         students = [self.peft_model] + ([self.student_biases] if self.student_biases is not None else [])
         total = sum(param.numel() for module in students for param in module.parameters() if param.requires_grad)
         return total // self.num_students if per_student else total
+
+
+def _mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The mean of `hidden` `[N, L, H]` over each row's real tokens (`attention_mask` `[N, L]`): `[N, H]`."""
+    mask = attention_mask.to(hidden.dtype)[..., None]
+    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
 
 
 def _repeat_rows(tensor: torch.Tensor, copies: int) -> torch.Tensor:

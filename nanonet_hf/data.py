@@ -511,7 +511,8 @@ class CohortCollator:
 
     Expects rows with `input_ids` (plus `attention_mask`, `token_type_ids` when the tokenizer makes them), `labels`
     (class id, -100 for an unlabeled row; optional at prediction time) and optionally `teacher_logits` (a list of C
-    floats). Returns `input_ids`, `attention_mask`(, `token_type_ids`), `labels` and, when given, `teacher_logits`.
+    floats) and `teacher_embeddings` (D floats). Returns `input_ids`, `attention_mask`(, `token_type_ids`), `labels`
+    and, when given, `teacher_logits` and `teacher_embeddings`.
     """
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, pad_to_multiple_of: int | None = None):
@@ -524,6 +525,7 @@ class CohortCollator:
         batch = self.tokenizer.pad(inputs, pad_to_multiple_of=self.pad_to_multiple_of, return_tensors="pt")
         batch = dict(batch)
         batch["labels"] = torch.tensor([row.get("labels", IGNORE_INDEX) for row in rows], dtype=torch.long)
-        if "teacher_logits" in rows[0]:
-            batch["teacher_logits"] = torch.tensor([row["teacher_logits"] for row in rows], dtype=torch.float32)
+        for column in ("teacher_logits", "teacher_embeddings"):
+            if column in rows[0]:
+                batch[column] = torch.tensor([row[column] for row in rows], dtype=torch.float32)
         return batch

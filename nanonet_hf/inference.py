@@ -1,11 +1,11 @@
-"""Batched prediction of logits for a list of texts, with any sequence classifier and its own tokenizer."""
+"""Batched prediction for a list of texts with any transformers model and its own tokenizer: logits, or sentence
+embeddings."""
 
 import numpy as np
 import torch
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
-@torch.no_grad()
 def predict_logits(
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -18,6 +18,36 @@ def predict_logits(
 
     Texts are batched by length so that padding stays short; the model is put in eval mode.
     """
+
+    def logits(inputs: dict) -> torch.Tensor:
+        outputs = model(**inputs)
+        return outputs if isinstance(outputs, torch.Tensor) else outputs.logits
+
+    return _predict(model, tokenizer, texts, logits, width=model.config.num_labels, batch_size=batch_size, max_length=max_length)
+
+
+def predict_embeddings(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: list[str],
+    *,
+    batch_size: int = 64,
+    max_length: int = 64,
+) -> np.ndarray:
+    """Sentence embeddings `[N, H]` of `texts` from a transformers model (e.g. a teacher classifier): the mean of its
+    backbone's last hidden states over each text's tokens, as sentence-transformers pools MiniLM and MPNet."""
+
+    def embeddings(inputs: dict) -> torch.Tensor:
+        hidden = model.base_model(**inputs)[0]  # [B, L, H]
+        mask = inputs["attention_mask"].to(hidden.dtype)[..., None]
+        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+
+    return _predict(model, tokenizer, texts, embeddings, width=model.config.hidden_size, batch_size=batch_size, max_length=max_length)
+
+
+@torch.no_grad()
+def _predict(model, tokenizer, texts: list[str], read, *, width: int, batch_size: int, max_length: int) -> np.ndarray:
+    """`read(inputs)` on batches of `texts` sorted by length (short padding), returned in the texts' order."""
     model.eval()
     device = next(model.parameters()).device
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
@@ -26,11 +56,9 @@ def predict_logits(
         batch = [texts[i] for i in order[start : start + batch_size]]
         inputs = tokenizer(batch, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
         inputs = {key: value.to(device) for key, value in inputs.items()}
-        outputs = model(**inputs)
-        logits = outputs if isinstance(outputs, torch.Tensor) else outputs.logits
-        chunks.append(logits.float().cpu().numpy())
+        chunks.append(read(inputs).float().cpu().numpy())
     if not chunks:
-        return np.zeros((0, model.config.num_labels), dtype=np.float32)
+        return np.zeros((0, width), dtype=np.float32)
     stacked = np.concatenate(chunks)
     result = np.empty_like(stacked)
     result[order] = stacked

@@ -171,6 +171,34 @@ def mutual_loss(
     return _masked_mean(per_row, weights)
 
 
+def embedding_loss(embeddings: torch.Tensor, teacher_embeddings: torch.Tensor) -> torch.Tensor:
+    """Embedding distillation: each student's sentence embeddings are pulled to relate the batch's rows as the
+    teacher's do, by the mean squared difference of their pairwise cosine similarities (SetFit's distiller, whose
+    `CosineSimilarityLoss` regresses the student's cosine of a pair on the teacher's, here on every pair of the batch).
+
+        L_emb^k = mean_{i≠j} (cos(e_k(x_i), e_k(x_j)) − cos(t(x_i), t(x_j)))²
+
+    Similarities, not the embeddings themselves, are matched, so the teacher's width may differ from the students'
+    (MPNet's 768 against MiniLM's 384) with no projection to learn and nothing to drop at export.
+
+    Args:
+        embeddings (`torch.Tensor`): `[B, K, H]` student sentence embeddings ([`StudentCohort.forward`] with
+            `return_embeddings=True`).
+        teacher_embeddings (`torch.Tensor`): `[B, D]` teacher sentence embeddings (no gradient flows into them).
+
+    Returns:
+        `torch.Tensor`: `[K]`; zero for a batch of one row (it has no pair).
+    """
+    batch = embeddings.shape[0]
+    students = F.normalize(embeddings.float(), dim=-1)  # [B, K, H]
+    teacher = F.normalize(teacher_embeddings.detach().float(), dim=-1)  # [B, D]
+    similarities = torch.einsum("ikh,jkh->kij", students, students)  # [K, B, B]
+    targets = teacher @ teacher.T  # [B, B]
+    pairs = ~torch.eye(batch, dtype=torch.bool, device=embeddings.device)  # every ordered pair i ≠ j
+    squared = (similarities - targets[None]) ** 2 * pairs[None]
+    return squared.sum(dim=(1, 2)) / pairs.sum().clamp(min=1)  # [K]
+
+
 def linear_rampup(step: int, total_steps: int, *, ratio: float) -> float:
     """Weight r(t) = min(1, t / (ratio · T)) of the mutual term; 1 from the start when `ratio` is 0."""
     ramp_steps = ratio * total_steps
@@ -181,13 +209,14 @@ def linear_rampup(step: int, total_steps: int, *, ratio: float) -> float:
 
 class CohortLoss(NamedTuple):
     """The step's loss and its terms: `total` (scalar, Σ_k L^k, what is back-propagated), `per_student` `[K]` (L^k),
-    and each term before weighting, `[K]`: `supervised`, `distillation`, `mutual`."""
+    and each term before weighting, `[K]`: `supervised`, `distillation`, `mutual`, `embedding`."""
 
     total: torch.Tensor
     per_student: torch.Tensor
     supervised: torch.Tensor
     distillation: torch.Tensor
     mutual: torch.Tensor
+    embedding: torch.Tensor
 
 
 def cohort_loss(
@@ -201,10 +230,14 @@ def cohort_loss(
     mutual_weight: float = 1.0,
     mutual_kind: str = "kl",
     kd_weights: torch.Tensor | None = None,
+    embeddings: torch.Tensor | None = None,
+    teacher_embeddings: torch.Tensor | None = None,
+    lambda_embedding: float = 0.0,
 ) -> CohortLoss:
     """The loss of the cohort, for each student k (METHOD.md):
 
         L^k = CE(z_k(x_l), y) + λ_kd · KD(t(x_u) ‖ z_k(x_u)) + λ_mut · r · 1/(K−1) Σ_{j≠k} D(z_k, stopgrad z_j)
+              + λ_emb · L_emb^k
 
     The one definition the trainer and the benchmarks share.
 
@@ -218,6 +251,8 @@ def cohort_loss(
         mutual_kind (`str`): `"kl"` or `"mse"` ([`mutual_loss`]).
         kd_weights (`torch.Tensor`, *optional*): distillation row weights `[B]` or `[B, K]` (LLKD's
             [`confidence_need_weights`]); defaults to the unlabeled rows.
+        embeddings, teacher_embeddings (`torch.Tensor`, *optional*): `[B, K, H]` and `[B, D]` sentence embeddings of
+            the students and the teacher, on every row; with `lambda_embedding` > 0 they add [`embedding_loss`].
     """
     supervised = supervised_loss(logits, labels)
     if teacher_logits is not None and lambda_kd > 0:
@@ -226,5 +261,11 @@ def cohort_loss(
     else:
         distillation = torch.zeros_like(supervised)
     mutual = mutual_loss(logits, kind=mutual_kind)
-    per_student = supervised + lambda_kd * distillation + lambda_mut * mutual_weight * mutual
-    return CohortLoss(per_student.sum(), per_student, supervised, distillation, mutual)
+    if lambda_embedding > 0 and (embeddings is None or teacher_embeddings is None):
+        raise ValueError("lambda_embedding > 0 needs the students' embeddings and the teacher's")
+    if lambda_embedding > 0:
+        embedding = embedding_loss(embeddings, teacher_embeddings)
+    else:
+        embedding = torch.zeros_like(supervised)
+    per_student = supervised + lambda_kd * distillation + lambda_mut * mutual_weight * mutual + lambda_embedding * embedding
+    return CohortLoss(per_student.sum(), per_student, supervised, distillation, mutual, embedding)

@@ -73,6 +73,11 @@ class MutualDistillationConfig(TrainingArguments):
         Weight of distillation from the teacher's logits, on unlabeled rows.
     lambda_mut (`float`, *optional*, defaults to `1.0`):
         Weight of the mutual loss between students, on all rows.
+    lambda_embedding (`float`, *optional*, defaults to `0.0`):
+        Weight of embedding distillation, on all rows: each student's mean-pooled sentence embeddings relate the
+        batch's texts (pairwise cosine similarities) as the teacher's embeddings do, the objective of SetFit's
+        `DistillationTrainer` ([`nanonet_hf.losses.embedding_loss`]). Takes a SetFit teacher (its trained body's
+        embeddings) or a classifier teacher (its mean-pooled last hidden states), cached beside its logits.
     mutual_loss (`str`, *optional*, defaults to `"kl"`):
         `"kl"` (deep mutual learning) or `"mse"` of logits (DisCo, PS-Net).
     rampup_ratio (`float`, *optional*, defaults to `0.2`):
@@ -212,6 +217,11 @@ class MutualDistillationConfig(TrainingArguments):
     )
     lambda_kd: float = field(default=1.0, metadata={"help": "Weight of distillation from the teacher (unlabeled rows)."})
     lambda_mut: float = field(default=1.0, metadata={"help": "Weight of the mutual loss between students."})
+    lambda_embedding: float = field(
+        default=0.0,
+        metadata={"help": "Weight of embedding distillation: the students' sentence embeddings match the teacher's "
+                  "pairwise cosine similarities (SetFit's distiller objective). Needs a SetFit or classifier teacher."},
+    )
     mutual_loss: str = field(
         default="kl", metadata={"help": "Mutual loss: 'kl' (deep mutual learning) or 'mse' of logits (DisCo).", "choices": ["kl", "mse"]}
     )
@@ -343,7 +353,7 @@ class MutualDistillationConfig(TrainingArguments):
         for name in ("temperature", "teacher_temperature"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("lambda_kd", "lambda_mut", "lambda_teacher_mutual", "unlabeled_ratio", "lora_dropout"):
+        for name in ("lambda_kd", "lambda_mut", "lambda_embedding", "lambda_teacher_mutual", "unlabeled_ratio", "lora_dropout"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         kinds = self.teacher_type.split("+")

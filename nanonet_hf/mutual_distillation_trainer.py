@@ -55,7 +55,7 @@ from .mutual_distillation_config import MutualDistillationConfig
 from .resources import resolve_model_path
 from .llm_teacher import DEFAULT_PROMPT, LLMTeacher
 from .setfit_teacher import SetFitTeacher
-from .teacher import add_teacher_logits, check_teacher, train_teacher
+from .teacher import add_teacher_embeddings, add_teacher_logits, check_teacher, train_teacher
 from .teacher_ensemble import TeacherEnsemble, teacher_label_names, teacher_name
 from .views import StudentViews, adversarial_step, make_student_views, parse_views
 from .weighting import AdaptiveThresholds
@@ -209,6 +209,8 @@ class MutualDistillationTrainer(Trainer):
             if self.teacher is not None and not args.online_teacher:  # an online teacher's logits are live
                 with args.main_process_first(desc="teacher logits"):  # computed once, read by the other processes
                     rows = add_teacher_logits(rows, self.teacher, label_names=label_names, max_length=args.max_length)
+                    if args.lambda_embedding > 0:
+                        rows = add_teacher_embeddings(rows, self.teacher, label_names=label_names, max_length=args.max_length)
             self.card_data.wall_time_s["teacher_s"] = time.perf_counter() - t0
             train_dataset = tokenize(rows, processing_class, args.max_length)
             eval_dataset = _map_eval(eval_dataset, lambda rows, key: tokenize(
@@ -223,6 +225,9 @@ class MutualDistillationTrainer(Trainer):
         elif teacher_model is not None and not raw:
             raise ValueError("With a tokenized train_dataset, the offline teacher's logits go in its `teacher_logits` "
                              "column (nanonet_hf.add_teacher_logits); teacher_model is the online teacher only.")
+        if not raw and args.lambda_embedding > 0 and "teacher_embeddings" not in train_dataset.column_names:
+            raise ValueError("lambda_embedding > 0 with a tokenized train_dataset needs its `teacher_embeddings` column "
+                             "(nanonet_hf.add_teacher_embeddings), which it lacks.")
 
         # ---- data ----
         if data_collator is None:
@@ -295,6 +300,12 @@ class MutualDistillationTrainer(Trainer):
                 )
         if args.online_teacher and self.teacher_type != "fine_tune":
             raise ValueError(f"online_teacher trains a transformers classifier along; teacher_type={self.teacher_type!r} cannot be.")
+        if args.lambda_embedding > 0 and (self.teacher_type not in ("setfit", "fine_tune") or args.online_teacher):
+            raise ValueError(
+                f"lambda_embedding={args.lambda_embedding} distils the teacher's sentence embeddings, which "
+                f"{'an online' if args.online_teacher else 'a ' + repr(self.teacher_type)} teacher does not cache; "
+                "use teacher_type 'setfit' or 'fine_tune' (offline), or lambda_embedding=0."
+            )
         if "llm" in kinds and label_names is not None and not isinstance(teacher_model, LLMTeacher):
             self._llm_teacher = LLMTeacher(
                 str(teacher_model or args.llm_teacher), self.labeled, verbalizers=args.verbalizers,
@@ -306,7 +317,7 @@ class MutualDistillationTrainer(Trainer):
     def _make_teacher(self, teacher_model, cohort: StudentCohort, args: MutualDistillationConfig):
         """Set `self.teacher` (what the cached logits come from) and the card's teacher name; train a teacher on the
         labeled rows when none was given. Returns the online teacher (a folder or model) or `None`."""
-        if teacher_model is None and args.lambda_kd == 0 and not args.online_teacher:
+        if teacher_model is None and args.lambda_kd == 0 and args.lambda_embedding == 0 and not args.online_teacher:
             return None  # no distillation: no teacher is made (a supervised-only run)
         if isinstance(teacher_model, PreTrainedModel):
             if not args.online_teacher:
@@ -384,10 +395,10 @@ class MutualDistillationTrainer(Trainer):
     # ---- data ----
 
     def _set_signature_columns_if_needed(self):
-        # The cohort's forward takes the model inputs only; the loss also needs `labels` and `teacher_logits`.
+        # The cohort's forward takes the model inputs only; the loss also needs `labels` and the teacher's columns.
         # Trainer would drop those columns, so keep them explicitly.
         if self._signature_columns is None:
-            self._signature_columns = [*MODEL_INPUT_NAMES, "labels", "teacher_logits"]
+            self._signature_columns = [*MODEL_INPUT_NAMES, "labels", "teacher_logits", "teacher_embeddings"]
 
     def _length_column(self, train_dataset: Dataset) -> str:
         """The column that gives group_by_length its token counts: `length_column_name` if there is one, else the
@@ -440,7 +451,11 @@ class MutualDistillationTrainer(Trainer):
         unlabeled = labels == IGNORE_INDEX  # distillation, from the teacher or the students, on these rows only
         with self.accelerator.autocast():
             views = self._views(cohort, model_inputs, labels, unlabeled, teacher_logits) if model.training else None
-        logits = model(**model_inputs, views=views)  # [B, K, C]
+        teacher_embeddings = inputs.get("teacher_embeddings") if args.lambda_embedding > 0 else None  # [B, D]
+        if teacher_embeddings is not None:  # embedding distillation: the students' sentence embeddings too
+            logits, embeddings = model(**model_inputs, views=views, return_embeddings=True)  # [B, K, C], [B, K, H]
+        else:
+            logits, embeddings = model(**model_inputs, views=views), None
         if teacher_loss is not None and args.lambda_teacher_mutual > 0:
             from_students = distillation_loss(live[:, None], logits.detach().mean(dim=1), temperature=args.temperature, weights=unlabeled)[0]
             teacher_loss = teacher_loss + args.lambda_teacher_mutual * from_students
@@ -452,23 +467,27 @@ class MutualDistillationTrainer(Trainer):
         terms = cohort_loss(
             logits, labels, teacher_logits, temperature=args.temperature, lambda_kd=args.lambda_kd,
             lambda_mut=args.lambda_mut, mutual_weight=ramp, mutual_kind=args.mutual_loss, kd_weights=kd_weights,
+            embeddings=embeddings, teacher_embeddings=teacher_embeddings,
+            lambda_embedding=args.lambda_embedding if embeddings is not None else 0.0,
         )  # fmt: skip
-        sup, kd, mut, per_student, loss = terms.supervised, terms.distillation, terms.mutual, terms.per_student, terms.total
+        sup, kd, mut, emb = terms.supervised, terms.distillation, terms.mutual, terms.embedding
+        per_student, loss = terms.per_student, terms.total
         mode = "train" if model.training else "eval"
         if teacher_loss is not None:
             loss = loss + teacher_loss
             self._metrics[mode]["loss_teacher"].append(self.accelerator.gather(teacher_loss.detach()[None]).mean().item())
 
-        terms = torch.stack([sup, kd, mut, per_student]).detach()  # [4, K]
+        terms = torch.stack([sup, kd, mut, emb, per_student]).detach()  # [5, K]
         # one row per process: `gather`, not `gather_for_metrics`, whose end-of-data trimming counts samples
-        gathered = self.accelerator.gather(terms[None])  # [processes, 4, K]
+        gathered = self.accelerator.gather(terms[None])  # [processes, 5, K]
         if mode == "train":
             _raise_if_not_finite(gathered, step=self.state.global_step + 1)  # every process sees it and stops
-        terms = gathered.mean(dim=0)  # [4, K] averaged over processes
+        terms = gathered.mean(dim=0)  # [5, K] averaged over processes
         metrics = self._metrics[mode]
-        for name, row in zip(("sup", "kd", "mut"), terms[:3]):
-            metrics[f"loss_{name}"].append(row.mean().item())
-        for k, value in enumerate(terms[3].tolist()):
+        for name, row in zip(("sup", "kd", "mut", "emb"), terms[:4]):
+            if name != "emb" or args.lambda_embedding > 0:
+                metrics[f"loss_{name}"].append(row.mean().item())
+        for k, value in enumerate(terms[4].tolist()):
             metrics[f"student_{k}_loss"].append(value)
         if mode == "train":
             metrics["mutual_weight"].append(args.lambda_mut * ramp)
@@ -661,7 +680,8 @@ class MutualDistillationTrainer(Trainer):
         settings = {
             **self.args.to_dict(),
             "output_dir": os.path.join(self.args.output_dir, "supervised_only"),
-            "num_students": 1, "lambda_kd": 0.0, "lambda_mut": 0.0, "kd_weighting": "none", "student_views": None,
+            "num_students": 1, "lambda_kd": 0.0, "lambda_mut": 0.0, "lambda_embedding": 0.0, "kd_weighting": "none",
+            "student_views": None,
             "online_teacher": False, "max_steps": self.state.max_steps, "save_strategy": "no", "eval_strategy": "no",
             "push_to_hub": False, "hub_token": self.args.hub_token, "resume_from_checkpoint": None,
             "text_column": "text", "label_column": "label",
@@ -755,6 +775,7 @@ class MutualDistillationTrainer(Trainer):
                 "temperature": args.temperature,
                 "lambda_kd": args.lambda_kd,
                 "lambda_mut": args.lambda_mut,
+                "lambda_embedding": args.lambda_embedding,
                 "mutual_loss": args.mutual_loss,
                 "kd_weighting": args.kd_weighting,
                 "student_views": args.student_views,
@@ -919,13 +940,13 @@ def last_complete_checkpoint(output_dir: str) -> str | None:
     return None
 
 
-LOSS_TERMS = ("supervised", "distillation", "mutual")
+LOSS_TERMS = ("supervised", "distillation", "mutual", "embedding")
 
 
 def _raise_if_not_finite(terms: torch.Tensor, *, step: int) -> None:
-    """`terms` `[processes, 4, K]` (supervised, distillation, mutual, total per student): stop at the first NaN/inf
-    with the step, the student and the loss term, before the optimizer can write it into the weights."""
-    bad = (~torch.isfinite(terms[:, :3])).nonzero()
+    """`terms` `[processes, 5, K]` (supervised, distillation, mutual, embedding, total per student): stop at the first
+    NaN/inf with the step, the student and the loss term, before the optimizer can write it into the weights."""
+    bad = (~torch.isfinite(terms[:, :4])).nonzero()
     if len(bad):
         process, term, student = bad[0].tolist()
         value = terms[process, term, student].item()

@@ -87,3 +87,7 @@ class SetFitTeacher:
         ordered = np.zeros((len(texts), self.num_labels))
         ordered[:, [int(c) for c in self.model.model_head.classes_]] = probabilities
         return np.log(np.clip(ordered, 1e-12, 1.0)).astype(np.float32)
+
+    def embeddings(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        """`[N, D]` sentence embeddings from the trained body (embedding distillation: `lambda_embedding`)."""
+        return np.asarray(self.model.model_body.encode(list(texts), batch_size=batch_size, convert_to_numpy=True), dtype=np.float32)

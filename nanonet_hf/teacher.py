@@ -24,7 +24,7 @@ from transformers import (
 from .cohort import load_base
 from .data import tokenize
 from .files import atomic_directory, folder_fingerprint
-from .inference import predict_logits
+from .inference import predict_embeddings, predict_logits
 from .llm_teacher import LLMTeacher
 from .setfit_teacher import SetFitTeacher
 from .teacher_ensemble import TeacherEnsemble, teacher_label_names
@@ -138,29 +138,61 @@ def add_teacher_logits(
         fingerprint = Hasher.hash([dataset._fingerprint, teacher.fingerprint, max_length])
         return dataset.add_column("teacher_logits", combined.tolist(), new_fingerprint=fingerprint)
     in_memory = not isinstance(teacher, (str, os.PathLike))
-    identity = teacher.fingerprint if in_memory else folder_fingerprint(teacher)
-    fingerprint = Hasher.hash([dataset._fingerprint, identity, max_length])
-    cache_dir = cache_dir or os.path.join(datasets_config.HF_DATASETS_CACHE, "nanonet_hf", "teacher_logits")
-    os.makedirs(cache_dir, exist_ok=True)
-    cache_file = os.path.join(cache_dir, f"{fingerprint}.arrow")
     state = {}
 
-    def compute(batch: dict) -> dict:
+    def compute(texts: list[str]) -> np.ndarray:
         if in_memory:
-            return {"teacher_logits": teacher.logits(batch["text"], batch_size=batch_size).tolist()}
+            return teacher.logits(texts, batch_size=batch_size)
         if not state:  # load the teacher only when the cache misses
             logger.info("Computing teacher logits of %d rows with %s", len(dataset), teacher)
             state["model"], state["tokenizer"] = load_teacher(teacher, label_names)
-        logits = predict_logits(
-            state["model"], state["tokenizer"], batch["text"], batch_size=batch_size, max_length=max_length
-        )
-        return {"teacher_logits": logits.astype(np.float32).tolist()}
+        return predict_logits(state["model"], state["tokenizer"], texts, batch_size=batch_size, max_length=max_length)
 
+    identity = teacher.fingerprint if in_memory else folder_fingerprint(teacher)
+    return _cached_column(dataset, "teacher_logits", compute, [identity, max_length], cache_dir)
+
+
+def add_teacher_embeddings(
+    dataset: Dataset,
+    teacher: "str | SetFitTeacher",
+    *,
+    label_names: list[str],
+    max_length: int = 64,
+    batch_size: int = 64,
+    cache_dir: str | None = None,
+) -> Dataset:
+    """Add a `teacher_embeddings` column (the teacher's sentence embedding of each row's `text`, D floats), cached as
+    [`add_teacher_logits`] caches logits: a [`SetFitTeacher`]'s trained body as it encodes, or a classifier folder's
+    mean-pooled last hidden states ([`predict_embeddings`]). For embedding distillation (`lambda_embedding`)."""
+    if isinstance(teacher, (LLMTeacher, TeacherEnsemble)):
+        raise ValueError(f"{type(teacher).__name__} has no sentence embeddings; embedding distillation "
+                         "(lambda_embedding) takes a SetFit teacher or a classifier folder.")  # fmt: skip
+    in_memory = not isinstance(teacher, (str, os.PathLike))
+    state = {}
+
+    def compute(texts: list[str]) -> np.ndarray:
+        if in_memory:
+            return teacher.embeddings(texts, batch_size=batch_size)
+        if not state:
+            logger.info("Computing teacher embeddings of %d rows with %s", len(dataset), teacher)
+            state["model"], state["tokenizer"] = load_teacher(teacher, label_names)
+        return predict_embeddings(state["model"], state["tokenizer"], texts, batch_size=batch_size, max_length=max_length)
+
+    identity = teacher.fingerprint if in_memory else folder_fingerprint(teacher)
+    return _cached_column(dataset, "teacher_embeddings", compute, [identity, max_length, "embeddings"], cache_dir)
+
+
+def _cached_column(dataset: Dataset, column: str, compute, key: list, cache_dir: str | None) -> Dataset:
+    """`dataset` with `column` = `compute(texts)` by batches of its `text` column, as an Arrow file in the datasets
+    cache named by the rows' fingerprint and `key` (what the values depend on): a later run reads it back."""
+    fingerprint = Hasher.hash([dataset._fingerprint, *key])
+    cache_dir = cache_dir or os.path.join(datasets_config.HF_DATASETS_CACHE, "nanonet_hf", "teacher_logits")
+    os.makedirs(cache_dir, exist_ok=True)
     return dataset.map(
-        compute,
+        lambda batch: {column: np.asarray(compute(batch["text"])).tolist()},
         batched=True,
         batch_size=1024,
-        cache_file_name=cache_file,
+        cache_file_name=os.path.join(cache_dir, f"{fingerprint}.arrow"),
         new_fingerprint=fingerprint,
-        desc="Teacher logits",
+        desc=column.replace("_", " ").capitalize(),
     )
