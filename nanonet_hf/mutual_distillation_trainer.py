@@ -207,6 +207,8 @@ class MutualDistillationTrainer(Trainer):
             teacher_model = self._make_teacher(teacher_model, model, args)
             rows = training_dataset(self.labeled, self.unlabeled)
             if self.teacher is not None and not args.online_teacher:  # an online teacher's logits are live
+                if args.lambda_embedding > 0 and isinstance(self.teacher, SetFitTeacher):
+                    self.teacher.remember_embeddings = True  # the body encodes each text once for both columns
                 with args.main_process_first(desc="teacher logits"):  # computed once, read by the other processes
                     rows = add_teacher_logits(rows, self.teacher, label_names=label_names, max_length=args.max_length)
                     if args.lambda_embedding > 0:

@@ -55,6 +55,9 @@ class SetFitTeacher:
             "max_length": max_length, "seed": seed,
         }  # fmt: skip
         self._model = None
+        # embedding distillation reads the embeddings its logits were computed from instead of encoding twice
+        self.remember_embeddings = False
+        self._embedded: dict[str, np.ndarray] = {}
 
     def with_rows(self, labeled: Dataset) -> "SetFitTeacher":
         """The same teacher trained on other labeled rows (cross-fitting: [`TeacherEnsemble`]'s weights)."""
@@ -82,12 +85,23 @@ class SetFitTeacher:
         return self._model
 
     def logits(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
-        """`[N, C]` log-probabilities, column c for label id c."""
-        probabilities = np.asarray(self.model.predict_proba(list(texts), batch_size=batch_size, as_numpy=True))
+        """`[N, C]` log-probabilities, column c for label id c (SetFit's `predict_proba`: the body's embeddings
+        through the logistic head). With `remember_embeddings`, the embeddings are kept for `embeddings()`."""
+        embeddings = np.asarray(self.model.encode(list(texts), batch_size=batch_size))
+        if self.remember_embeddings:
+            self._embedded.update(zip(texts, embeddings))
+        probabilities = np.asarray(self.model.model_head.predict_proba(embeddings))
         ordered = np.zeros((len(texts), self.num_labels))
         ordered[:, [int(c) for c in self.model.model_head.classes_]] = probabilities
         return np.log(np.clip(ordered, 1e-12, 1.0)).astype(np.float32)
 
     def embeddings(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
-        """`[N, D]` sentence embeddings from the trained body (embedding distillation: `lambda_embedding`)."""
-        return np.asarray(self.model.model_body.encode(list(texts), batch_size=batch_size, convert_to_numpy=True), dtype=np.float32)
+        """`[N, D]` sentence embeddings from the trained body (embedding distillation: `lambda_embedding`); those
+        `logits()` already computed (with `remember_embeddings`) are not encoded again."""
+        missing = list(dict.fromkeys(text for text in texts if text not in self._embedded))
+        if missing:
+            self._embedded.update(zip(missing, np.asarray(self.model.encode(missing, batch_size=batch_size))))
+        found = np.stack([self._embedded[text] for text in texts]) if texts else np.zeros((0, 0))
+        if not self.remember_embeddings:
+            self._embedded.clear()
+        return found.astype(np.float32)

@@ -112,6 +112,18 @@ def test_teacher_embeddings_are_cached_and_need_no_training_the_second_time(tiny
     assert again._model is None  # read back: the body was neither trained nor run
     np.testing.assert_array_equal(np.asarray(cached["teacher_embeddings"]), embeddings)
 
+    # logits first, as the trainer runs them: the body encodes each text once for both columns
+    calls = []
+    fresh = SetFitTeacher(tiny_model_dir, labeled, num_iterations=1, batch_size=8, seed=0)
+    fresh.remember_embeddings = True
+    encode = fresh.model.encode
+    fresh.model.encode = lambda texts, **kwargs: calls.append(len(texts)) or encode(texts, **kwargs)
+    logits = fresh.logits(rows["text"])
+    np.testing.assert_allclose(fresh.embeddings(rows["text"]), embeddings, atol=1e-5)
+    assert calls == [len(rows)]  # embeddings() encoded nothing more
+    fresh.model.encode = encode
+    np.testing.assert_allclose(np.exp(logits), fresh.model.predict_proba(rows["text"], as_numpy=True), atol=1e-6)
+
     classifier = str(tmp_path / "classifier")
     model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, id2label=dict(enumerate(LABELS)), ignore_mismatched_sizes=True)
     model.save_pretrained(classifier)
