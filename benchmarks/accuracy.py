@@ -12,7 +12,8 @@ method:
   (`--distill_teacher`, SetFit MPNet by default) on the same unlabeled pool;
 - an LLM teacher (`llm-teacher`): SmolLM2-135M-Instruct scoring each class's verbalizer after a prompt with
   `--llm_shots` labeled examples per class, before and after calibration on the labeled rows, and its ensemble with
-  SetFit MiniLM-L6 (the mean of their probabilities); both can teach nanonet (`--other_teachers`);
+  SetFit MiniLM-L6 (the mean of their probabilities, and a mixture with weights fitted on the labeled rows by
+  3-fold cross-fitting); each can teach nanonet (`--other_teachers`);
 - nanonet: the student chosen without test labels (agreement with the teacher on unlabeled rows) and the ensemble;
   with the SetFit MiniLM-L6 teacher (`--teacher`), and with each of `--other_teachers` (SetFit MPNet, the fine-tuned
   MiniLM-L6);
@@ -280,6 +281,12 @@ def run_setting(dataset: str, labels_per_class: int, seed: int, args, methods: s
                     logits = np.asarray(add_teacher_logits(test, ensemble, label_names=data.label_names)["teacher_logits"])
                     record(f"SetFit MiniLM-L6 + {LLM} (teacher ensemble, mean)", classification_metrics(logits.argmax(-1), labels, num_classes), began)
                     teachers[f"SetFit MiniLM-L6 + {LLM}"] = ensemble
+                    began = time.perf_counter()  # weights fitted on the labeled rows (3-fold cross-fitting)
+                    fitted = TeacherEnsemble([teachers["SetFit MiniLM-L6"], llm], weights="fit", labeled=data.labeled, seed=seed)
+                    logits = np.asarray(add_teacher_logits(test, fitted, label_names=data.label_names)["teacher_logits"])
+                    record(f"SetFit MiniLM-L6 + {LLM} (teacher ensemble, fitted weights)", classification_metrics(logits.argmax(-1), labels, num_classes),
+                           began, note="weights " + ", ".join(f"{w:.2f}" for w in fitted.weights))  # fmt: skip
+                    teachers[f"SetFit MiniLM-L6 + {LLM} (fitted weights)"] = fitted
 
         if "setfit-distillation" in methods:  # needs the SetFit teacher trained above
             began = time.perf_counter()
@@ -410,14 +417,21 @@ def plot(runs: list[Run], path: str) -> None:
 
 ALL_METHODS = ["teacher-mpnet", "setfit-minilm-l6", "setfit-mpnet", "llm-teacher", "setfit-distillation",
                "supervised-student", "nanonet", "ablations"]  # fmt: skip
-TEACHERS = ["SetFit MiniLM-L6", "SetFit MPNet", "fine-tuned MiniLM-L6", "fine-tuned MPNet", LLM, f"SetFit MiniLM-L6 + {LLM}"]
+TEACHERS = ["SetFit MiniLM-L6", "SetFit MPNet", "fine-tuned MiniLM-L6", "fine-tuned MPNet", LLM, f"SetFit MiniLM-L6 + {LLM}",
+            f"SetFit MiniLM-L6 + {LLM} (fitted weights)"]
 
 
 def _setting(text: str) -> tuple[str, object]:
     key, _, value = text.partition("=")
     if key not in MutualDistillationConfig.__dataclass_fields__:
         raise argparse.ArgumentTypeError(f"--set {text}: {key!r} is not a MutualDistillationConfig field")
-    return key, yaml.safe_load(value)
+    parsed = yaml.safe_load(value)
+    if isinstance(parsed, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
+        try:
+            parsed = float(parsed)
+        except ValueError:
+            pass
+    return key, parsed
 
 
 def parse_args(argv=None):

@@ -93,3 +93,11 @@ def test_setfit_distillation_pairs_carry_the_similarity_of_their_own_two_texts()
     # workaround. When this fails, setfit has fixed it and the benchmark can use its DistillationTrainer as it is.
     shipped = [pair["label"] for pair in ContrastiveDistillationDataset(texts, similarities, 3)]
     assert shipped == [similarities[0, 0]] * len(shipped)
+
+
+def test_set_reads_numbers_yaml_leaves_as_strings_and_refuses_unknown_fields():
+    benchmark = load_script("benchmarks", "accuracy.py")
+    args = benchmark.parse_args(["--set", "learning_rate=3e-4", "lambda_embedding=1", "student_views=cutoff,dropout"])
+    assert args.set == {"learning_rate": 3e-4, "lambda_embedding": 1, "student_views": "cutoff,dropout"}
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(["--set", "no_such_field=1"])
