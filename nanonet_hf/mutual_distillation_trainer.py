@@ -55,6 +55,7 @@ from .mutual_distillation_config import MutualDistillationConfig
 from .resources import resolve_model_path
 from .llm_teacher import DEFAULT_PROMPT, LLMTeacher
 from .setfit_teacher import SetFitTeacher
+from .fit_watch import LabelFitWatch
 from .teacher import add_teacher_embeddings, add_teacher_logits, check_teacher, train_teacher
 from .teacher_ensemble import TeacherEnsemble, teacher_label_names, teacher_name
 from .views import StudentViews, adversarial_step, make_student_views, parse_views
@@ -242,7 +243,8 @@ class MutualDistillationTrainer(Trainer):
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
 
         # ---- callbacks: the LLKD thresholds (stateful: checkpoints save them), the card's data ----
-        callbacks = [*(callbacks or []), CardDataCallback(self.card_data)]
+        self.fit_watch = LabelFitWatch(model.config.num_labels)  # a collapsed cohort is said so while it trains
+        callbacks = [*(callbacks or []), CardDataCallback(self.card_data), self.fit_watch]
         if args.kd_weighting == "confidence_need":
             callbacks.append(AdaptiveThresholds(model.config.num_labels, momentum=args.threshold_momentum))
 
@@ -743,6 +745,7 @@ class MutualDistillationTrainer(Trainer):
             "teachers": members.get("metrics"),  # an ensemble's members, each alone
             "teacher_weights": members.get("weights"),
             "llm_calibration": members.get("llm_calibration"),  # an LLM teacher on the labeled rows, before/after
+            "training_warning": self.fit_watch.message,  # e.g. a collapse the supervised loss showed (fit_watch.py)
             "students": [scores(f"student_{k}") for k in range(num_students)] if metrics else None,
             "ensemble": scores("ensemble"),
             "supervised_only": data.supervised_only,

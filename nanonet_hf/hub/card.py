@@ -258,6 +258,7 @@ def model_card(
         margin=_margin(student["accuracy"], results["label_budget"]["test"]),
         max_length=training.get("max_length", "max_length"),
         versions=results.get("versions", {}),
+        training_warning=results.get("training_warning"),
     )
 
 
