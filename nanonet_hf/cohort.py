@@ -25,6 +25,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, Pretrai
 
 from .architectures import Architecture, architecture_of
 from .bias_students import StudentBiases
+from .inference import mean_pool
 from .routing import CohortRouter, plain_state_dict
 from .views import StudentViews
 
@@ -487,7 +488,7 @@ class StudentCohort(nn.Module):
         if not return_embeddings:
             return logits
         mask = inputs.get("attention_mask")
-        embeddings = _mean_pool(hidden[-1], mask if mask is not None else torch.ones_like(inputs["input_ids"]))
+        embeddings = mean_pool(hidden[-1], mask if mask is not None else torch.ones_like(inputs["input_ids"]))
         return logits, embeddings.view(num_students, batch, -1).transpose(0, 1)  # [B, K, H]
 
     @contextlib.contextmanager
@@ -560,12 +561,6 @@ class StudentCohort(nn.Module):
         students = [self.peft_model] + ([self.student_biases] if self.student_biases is not None else [])
         total = sum(param.numel() for module in students for param in module.parameters() if param.requires_grad)
         return total // self.num_students if per_student else total
-
-
-def _mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """The mean of `hidden` `[N, L, H]` over each row's real tokens (`attention_mask` `[N, L]`): `[N, H]`."""
-    mask = attention_mask.to(hidden.dtype)[..., None]
-    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
 
 
 def _repeat_rows(tensor: torch.Tensor, copies: int) -> torch.Tensor:

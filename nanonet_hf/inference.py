@@ -38,11 +38,16 @@ def predict_embeddings(
     backbone's last hidden states over each text's tokens, as sentence-transformers pools MiniLM and MPNet."""
 
     def embeddings(inputs: dict) -> torch.Tensor:
-        hidden = model.base_model(**inputs)[0]  # [B, L, H]
-        mask = inputs["attention_mask"].to(hidden.dtype)[..., None]
-        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+        return mean_pool(model.base_model(**inputs)[0], inputs["attention_mask"])
 
     return _predict(model, tokenizer, texts, embeddings, width=model.config.hidden_size, batch_size=batch_size, max_length=max_length)
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The mean of `hidden` `[N, L, H]` over each row's real tokens (`attention_mask` `[N, L]`): `[N, H]`, the
+    sentence embedding sentence-transformers takes from MiniLM and MPNet (the teacher's and the students' alike)."""
+    mask = attention_mask.to(hidden.dtype)[..., None]
+    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
 
 
 @torch.no_grad()

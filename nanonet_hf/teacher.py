@@ -6,6 +6,7 @@ The teacher tokenizes the texts itself, so it may use another vocabulary than th
 import logging
 import os
 import tempfile
+from collections.abc import Sequence
 
 import numpy as np
 from datasets import Dataset
@@ -137,19 +138,8 @@ def add_teacher_logits(
         combined = teacher.combine([np.asarray(logits) for logits in members])
         fingerprint = Hasher.hash([dataset._fingerprint, teacher.fingerprint, max_length])
         return dataset.add_column("teacher_logits", combined.tolist(), new_fingerprint=fingerprint)
-    in_memory = not isinstance(teacher, (str, os.PathLike))
-    state = {}
-
-    def compute(texts: list[str]) -> np.ndarray:
-        if in_memory:
-            return teacher.logits(texts, batch_size=batch_size)
-        if not state:  # load the teacher only when the cache misses
-            logger.info("Computing teacher logits of %d rows with %s", len(dataset), teacher)
-            state["model"], state["tokenizer"] = load_teacher(teacher, label_names)
-        return predict_logits(state["model"], state["tokenizer"], texts, batch_size=batch_size, max_length=max_length)
-
-    identity = teacher.fingerprint if in_memory else folder_fingerprint(teacher)
-    return _cached_column(dataset, "teacher_logits", compute, [identity, max_length], cache_dir)
+    return _add_teacher_column(dataset, teacher, "teacher_logits", predict_logits, label_names=label_names,
+                               max_length=max_length, batch_size=batch_size, cache_dir=cache_dir)  # fmt: skip
 
 
 def add_teacher_embeddings(
@@ -167,25 +157,31 @@ def add_teacher_embeddings(
     if isinstance(teacher, (LLMTeacher, TeacherEnsemble)):
         raise ValueError(f"{type(teacher).__name__} has no sentence embeddings; embedding distillation "
                          "(lambda_embedding) takes a SetFit teacher or a classifier folder.")  # fmt: skip
+    return _add_teacher_column(dataset, teacher, "teacher_embeddings", predict_embeddings, label_names=label_names,
+                               max_length=max_length, batch_size=batch_size, cache_dir=cache_dir, key=["embeddings"])  # fmt: skip
+
+
+def _add_teacher_column(dataset: Dataset, teacher, column: str, predict, *, label_names: list[str], max_length: int,
+                        batch_size: int, cache_dir: str | None, key: Sequence = ()) -> Dataset:  # fmt: skip
+    """`dataset` with `column` ("teacher_logits" or "teacher_embeddings") computed from its `text` column by batches:
+    an in-memory teacher's method of that name ("logits", "embeddings"), or `predict(model, tokenizer, texts)` on a
+    classifier folder, loaded only when the cache misses. The result is an Arrow file in the datasets cache named by
+    the rows' fingerprint, the teacher (its fingerprint or its weights' hash), `max_length` and `key`: a later run
+    reads it back."""
     in_memory = not isinstance(teacher, (str, os.PathLike))
+    what = column.removeprefix("teacher_")
     state = {}
 
     def compute(texts: list[str]) -> np.ndarray:
         if in_memory:
-            return teacher.embeddings(texts, batch_size=batch_size)
-        if not state:
-            logger.info("Computing teacher embeddings of %d rows with %s", len(dataset), teacher)
+            return getattr(teacher, what)(texts, batch_size=batch_size)
+        if not state:  # load the teacher only when the cache misses
+            logger.info("Computing teacher %s of %d rows with %s", what, len(dataset), teacher)
             state["model"], state["tokenizer"] = load_teacher(teacher, label_names)
-        return predict_embeddings(state["model"], state["tokenizer"], texts, batch_size=batch_size, max_length=max_length)
+        return predict(state["model"], state["tokenizer"], texts, batch_size=batch_size, max_length=max_length)
 
     identity = teacher.fingerprint if in_memory else folder_fingerprint(teacher)
-    return _cached_column(dataset, "teacher_embeddings", compute, [identity, max_length, "embeddings"], cache_dir)
-
-
-def _cached_column(dataset: Dataset, column: str, compute, key: list, cache_dir: str | None) -> Dataset:
-    """`dataset` with `column` = `compute(texts)` by batches of its `text` column, as an Arrow file in the datasets
-    cache named by the rows' fingerprint and `key` (what the values depend on): a later run reads it back."""
-    fingerprint = Hasher.hash([dataset._fingerprint, *key])
+    fingerprint = Hasher.hash([dataset._fingerprint, identity, max_length, *key])
     cache_dir = cache_dir or os.path.join(datasets_config.HF_DATASETS_CACHE, "nanonet_hf", "teacher_logits")
     os.makedirs(cache_dir, exist_ok=True)
     return dataset.map(
@@ -194,5 +190,5 @@ def _cached_column(dataset: Dataset, column: str, compute, key: list, cache_dir:
         batch_size=1024,
         cache_file_name=os.path.join(cache_dir, f"{fingerprint}.arrow"),
         new_fingerprint=fingerprint,
-        desc=column.replace("_", " ").capitalize(),
+        desc=f"Teacher {what}",
     )
