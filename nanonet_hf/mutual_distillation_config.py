@@ -63,12 +63,14 @@ class MutualDistillationConfig(TrainingArguments):
 
     temperature (`float`, *optional*, defaults to `1.0`):
         Temperature τ of the distillation loss.
-    teacher_temperature (`float`, *optional*):
+    teacher_temperature (`float` or `"fit"`, *optional*):
         Divides the teacher's logits before anything uses them (distillation targets, weighting, the adversarial
         view): below 1 sharpens an under-confident teacher. SetFit's logistic-regression head is one: on Rotten
         Tomatoes at 10 labels per class its median top probability is 0.58, so its soft labels barely move the
-        students; `0.25` makes them learn its decisions (benchmarks/results/accuracy.md). Defaults to `0.25` for a
-        SetFit teacher and `1.0` for any other.
+        students; `0.25` makes them learn its decisions (benchmarks/results/accuracy.md). `"fit"` fits it on the
+        labeled rows instead (temperature scaling of the teacher's cross-fitted predictions: each row predicted by
+        the teacher remade from the other folds, [`nanonet_hf.teacher_calibration`]), for a SetFit or LLM teacher.
+        Defaults to `0.25` for a SetFit teacher and `1.0` for any other.
     lambda_kd (`float`, *optional*, defaults to `1.0`):
         Weight of distillation from the teacher's logits, on unlabeled rows.
     lambda_mut (`float`, *optional*, defaults to `1.0`):
@@ -208,10 +210,11 @@ class MutualDistillationConfig(TrainingArguments):
 
     # ---- losses ----
     temperature: float = field(default=1.0, metadata={"help": "Temperature of the distillation loss."})
-    teacher_temperature: float | None = field(
+    teacher_temperature: float | str | None = field(
         default=None,
         metadata={
-            "help": "Divides the teacher's logits before they are used: < 1 sharpens an under-confident teacher. "
+            "help": "Divides the teacher's logits before they are used: < 1 sharpens an under-confident teacher; 'fit' "
+            "fits it on the teacher's cross-fitted predictions of the labeled rows (SetFit, LLM teachers). "
             "Default: 0.25 for a SetFit teacher, 1 for any other."
         },
     )
@@ -350,8 +353,15 @@ class MutualDistillationConfig(TrainingArguments):
             raise ValueError(f"online_teacher_learning_rate must be > 0, got {self.online_teacher_learning_rate}")
         if self.mutual_loss not in ("kl", "mse"):
             raise ValueError(f"mutual_loss must be 'kl' or 'mse', got {self.mutual_loss!r}")
+        if isinstance(self.teacher_temperature, str) and self.teacher_temperature.strip() != "fit":
+            try:  # from the command line every value is a string
+                self.teacher_temperature = float(self.teacher_temperature)
+            except ValueError:
+                raise ValueError(f"teacher_temperature must be a number or 'fit', got {self.teacher_temperature!r}") from None
+        elif isinstance(self.teacher_temperature, str):
+            self.teacher_temperature = "fit"
         for name in ("temperature", "teacher_temperature"):
-            if getattr(self, name) is not None and getattr(self, name) <= 0:
+            if isinstance(getattr(self, name), (int, float)) and getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         for name in ("lambda_kd", "lambda_mut", "lambda_embedding", "lambda_teacher_mutual", "unlabeled_ratio", "lora_dropout"):
             if getattr(self, name) < 0:

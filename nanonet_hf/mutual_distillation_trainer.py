@@ -57,6 +57,7 @@ from .llm_teacher import DEFAULT_PROMPT, LLMTeacher
 from .setfit_teacher import SetFitTeacher
 from .fit_watch import LabelFitWatch
 from .teacher import add_teacher_embeddings, add_teacher_logits, check_teacher, train_teacher
+from .teacher_calibration import check_cross_fitting, fitted_teacher_temperature
 from .teacher_ensemble import TeacherEnsemble, teacher_label_names, teacher_name
 from .views import StudentViews, adversarial_step, make_student_views, parse_views
 from .weighting import AdaptiveThresholds
@@ -77,7 +78,8 @@ class MutualDistillationTrainer(Trainer):
     `teacher_model` and cached ([`nanonet_hf.teacher.add_teacher_logits`]). With `args.online_teacher`, the teacher
     trains along (cross-entropy on the labeled rows, optionally distillation from the students) and its live logits
     are `t`. Either is divided by the teacher temperature first (`args.teacher_temperature`; by default 0.25 for a
-    SetFit teacher, 1 for any other). With `args.student_views`, student k sees its own
+    SetFit teacher, 1 for any other; "fit" fits it on the teacher's cross-fitted predictions of the labeled rows,
+    [`nanonet_hf.teacher_calibration`]). With `args.student_views`, student k sees its own
     view of the batch ([`nanonet_hf.views`]) in training.
 
     Example:
@@ -203,6 +205,7 @@ class MutualDistillationTrainer(Trainer):
         # ---- teacher: trained if none was given, its logits computed once and cached ----
         self.card_data.base_model = self.base_model_name
         self.teacher = None  # what teacher logits are computed with (a classifier folder or an in-memory teacher)
+        self.teacher_calibration = None  # with teacher_temperature="fit": the fitted temperature and its evidence
         if raw:
             t0 = time.perf_counter()
             teacher_model = self._make_teacher(teacher_model, model, args)
@@ -214,6 +217,11 @@ class MutualDistillationTrainer(Trainer):
                     rows = add_teacher_logits(rows, self.teacher, label_names=label_names, max_length=args.max_length)
                     if args.lambda_embedding > 0:
                         rows = add_teacher_embeddings(rows, self.teacher, label_names=label_names, max_length=args.max_length)
+                if args.teacher_temperature == "fit":  # on the teacher's held-out predictions of the labeled rows
+                    with args.main_process_first(desc="teacher temperature"):
+                        self.teacher_calibration = fitted_teacher_temperature(
+                            self.teacher, self.labeled, seed=args.seed, max_length=args.max_length
+                        )
             self.card_data.wall_time_s["teacher_s"] = time.perf_counter() - t0
             train_dataset = tokenize(rows, processing_class, args.max_length)
             eval_dataset = _map_eval(eval_dataset, lambda rows, key: tokenize(
@@ -260,9 +268,11 @@ class MutualDistillationTrainer(Trainer):
             optimizers=optimizers,
         )
         # SetFit's logistic head is under-confident: its logits are sharpened unless told otherwise (an ensemble
-        # tempers each member itself)
+        # tempers each member itself), or fitted on the labeled rows ("fit")
         self.teacher_temperature = args.teacher_temperature
-        if self.teacher_temperature is None:
+        if self.teacher_temperature == "fit":
+            self.teacher_temperature = self.teacher_calibration["temperature"] if self.teacher_calibration else 1.0
+        elif self.teacher_temperature is None:
             self.teacher_temperature = getattr(self.teacher, "default_temperature", 1.0)
         self.chosen_student: int | None = None
         self.saved_results: dict | None = None  # what the last save_model wrote to results.json
@@ -310,6 +320,15 @@ class MutualDistillationTrainer(Trainer):
                 f"{'an online' if args.online_teacher else 'a ' + repr(self.teacher_type)} teacher does not cache; "
                 "use teacher_type 'setfit' or 'fine_tune' (offline), or lambda_embedding=0."
             )
+        if args.teacher_temperature == "fit":
+            if label_names is None or self.teacher_type not in ("setfit", "llm") or args.online_teacher:
+                raise ValueError(
+                    "teacher_temperature='fit' fits the temperature on the teacher's cross-fitted predictions of raw "
+                    f"labeled rows, retraining it on folds of them: a SetFit or LLM teacher, not "
+                    f"{'tokenized rows' if label_names is None else repr(self.teacher_type)}"
+                    f"{' (online)' if args.online_teacher else ''}. Give teacher_temperature as a number."
+                )
+            check_cross_fitting(self.labeled)
         if "llm" in kinds and label_names is not None and not isinstance(teacher_model, LLMTeacher):
             self._llm_teacher = LLMTeacher(
                 str(teacher_model or args.llm_teacher), self.labeled, verbalizers=args.verbalizers,
@@ -778,6 +797,8 @@ class MutualDistillationTrainer(Trainer):
                 "batch_size": args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
                 "unlabeled_ratio": args.unlabeled_ratio,
                 "temperature": args.temperature,
+                "teacher_temperature": self.teacher_temperature,
+                "teacher_temperature_fit": self.teacher_calibration,  # "fit": what it was fitted from
                 "lambda_kd": args.lambda_kd,
                 "lambda_mut": args.lambda_mut,
                 "lambda_embedding": args.lambda_embedding,

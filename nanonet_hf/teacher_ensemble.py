@@ -125,19 +125,9 @@ class TeacherEnsemble:
 
     def cross_fitted_logits(self) -> list[np.ndarray]:
         """Each member's logits `[N, C]` on the labeled rows, every row predicted by the member made without it."""
-        rng = np.random.default_rng(self.seed)
-        labels = np.asarray(self.labeled["label"])
-        fold = np.empty(len(labels), dtype=int)
-        for c in np.unique(labels):  # stratified: every fold sees every class
-            rows = rng.permutation(np.flatnonzero(labels == c))
-            fold[rows] = np.arange(len(rows)) % self.folds
-        outputs = [np.zeros((len(labels), len(self.label_names))) for _ in self.teachers]
-        for f in range(self.folds):
-            train, held = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
-            texts = list(self.labeled.select(held)["text"])
-            for output, teacher in zip(outputs, self.teachers):
-                output[held] = teacher.with_rows(self.labeled.select(train)).logits(texts)
-        return outputs
+        from .teacher_calibration import cross_fitted_logits  # it caches through teacher.py, which imports this module
+
+        return [cross_fitted_logits(teacher, self.labeled, folds=self.folds, seed=self.seed) for teacher in self.teachers]
 
     def combine(self, member_logits: Sequence[np.ndarray]) -> np.ndarray:
         """`[N, C]` log-probabilities of the ensemble from each member's logits `[N, C]`."""

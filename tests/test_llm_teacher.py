@@ -2,6 +2,7 @@
 equal a plain forward's, a row is never its own example, calibration, the cache, bad input refused before any
 labeling, ensembles' weights, and both through the trainer on every supported architecture."""
 
+import hashlib
 import json
 import shutil
 
@@ -145,7 +146,10 @@ class FixedTeacher:
     label_names = LABELS
 
     def __init__(self, table: dict, trained_on=()):
-        self.table, self.trained_on, self.fingerprint = table, list(trained_on), f"fixed-{id(table)}"
+        self.table, self.trained_on = table, list(trained_on)
+        # by content (the logits cache outlives a test: an id() could be reused by another table)
+        content = [[text, np.round(np.asarray(row, dtype=float), 6).tolist()] for text, row in sorted(table.items())]
+        self.fingerprint = "fixed-" + hashlib.sha256(json.dumps([content, self.trained_on]).encode()).hexdigest()[:16]
 
     def with_rows(self, labeled):
         return FixedTeacher(self.table, labeled["text"])

@@ -1,0 +1,118 @@
+"""How far to trust a teacher, read from labeled rows it did not learn from, never from the test split.
+
+Cross-fitting ([`cross_fitted_logits`]): the labeled rows are split into folds (stratified), and every row is
+predicted by the same teacher made from the other folds (`teacher.with_rows`: SetFit retrained, an LLM's examples and
+calibration taken from the other rows). From those held-out predictions come:
+
+- the teacher's temperature ([`fit_temperature`], `teacher_temperature="fit"`): the one number that makes its
+  probabilities match how often it is right (temperature scaling, Guo et al. 2017). A SetFit head trained on few labels
+  is under-confident with one body (MiniLM: fitted temperature below 1, its targets sharpened) and nearly calibrated
+  with another (MPNet), so one fixed sharpening cannot serve both;
+- an ensemble's weights ([`TeacherEnsemble`] with `weights="fit"`).
+
+Each fold's logits are cached like any teacher's ([`add_teacher_logits`], keyed by the fold teacher's fingerprint), so a
+rerun, or a second process, trains no fold teacher again.
+"""
+
+import logging
+
+import numpy as np
+from datasets import Dataset
+
+from .teacher import add_teacher_logits
+from .teacher_ensemble import teacher_label_names, teacher_name
+
+logger = logging.getLogger(__name__)
+
+# the bounds of a fitted temperature: a teacher right on every held-out row would otherwise be sharpened to one-hot
+TEMPERATURE_BOUNDS = (0.05, 20.0)
+
+
+def cross_fitting_folds(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """`[N]` the fold of each labeled row: stratified (every fold sees every class), drawn by `seed`."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    fold = np.empty(len(labels), dtype=int)
+    for c in np.unique(labels):
+        rows = rng.permutation(np.flatnonzero(labels == c))
+        fold[rows] = np.arange(len(rows)) % folds
+    return fold
+
+
+def check_cross_fitting(labeled: Dataset, folds: int = 3, teacher=None) -> None:
+    """Raise, before any work, unless every class has a labeled row per fold and `teacher` (when given) can be
+    remade from other rows."""
+    if teacher is not None and not hasattr(teacher, "with_rows"):
+        raise ValueError(
+            f"The teacher {teacher_name(teacher)} cannot be cross-fitted (remade from folds of the labeled rows): only "
+            "a SetFit or LLM teacher can."
+        )
+    names = labeled.features["label"].names
+    counts = np.bincount(np.asarray(labeled["label"]), minlength=len(names))
+    if folds < 2 or counts.min() < folds:
+        raise ValueError(
+            f"Cross-fitting with {folds} folds needs >= {max(folds, 2)} labeled rows of every class; class "
+            f"{names[int(counts.argmin())]!r} has {int(counts.min())}."
+        )
+
+
+def cross_fitted_logits(teacher, labeled: Dataset, *, folds: int = 3, seed: int = 0, max_length: int = 64) -> np.ndarray:
+    """`[N, C]` the logits of each labeled row (`text`, `label`) from `teacher` remade without its fold
+    (`teacher.with_rows(other folds)`), cached per fold teacher."""
+    check_cross_fitting(labeled, folds, teacher)
+    fold = cross_fitting_folds(labeled["label"], folds, seed)
+    label_names = teacher_label_names(teacher)
+    found = np.zeros((len(labeled), len(label_names)), dtype=np.float64)
+    for f in range(folds):
+        train, held = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
+        done = add_teacher_logits(labeled.select(held).select_columns(["text"]), teacher.with_rows(labeled.select(train)),
+                                  label_names=label_names, max_length=max_length)  # fmt: skip
+        found[held] = np.asarray(done["teacher_logits"])
+    return found
+
+
+def temperature_nll(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
+    """Mean negative log-likelihood of `labels` under softmax(`logits` / `temperature`)."""
+    scaled = np.asarray(logits, dtype=np.float64) / temperature
+    scaled = scaled - scaled.max(-1, keepdims=True)
+    log_probs = scaled - np.log(np.exp(scaled).sum(-1, keepdims=True))
+    return float(-log_probs[np.arange(len(labels)), np.asarray(labels)].mean())
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray, bounds: tuple[float, float] = TEMPERATURE_BOUNDS) -> float:
+    """The temperature T (within `bounds`) that minimises the labels' NLL under softmax(`logits` / T).
+
+    The NLL is convex in 1/T, so it has one minimum along log T: a golden-section search finds it.
+    """
+    low, high = np.log(bounds[0]), np.log(bounds[1])
+    ratio = (np.sqrt(5) - 1) / 2
+    a, b = high - ratio * (high - low), low + ratio * (high - low)
+    fa, fb = (temperature_nll(logits, labels, np.exp(x)) for x in (a, b))
+    for _ in range(60):
+        if fa <= fb:
+            high, b, fb = b, a, fa
+            a = high - ratio * (high - low)
+            fa = temperature_nll(logits, labels, np.exp(a))
+        else:
+            low, a, fa = a, b, fb
+            b = low + ratio * (high - low)
+            fb = temperature_nll(logits, labels, np.exp(b))
+    return float(np.exp((low + high) / 2))
+
+
+def fitted_teacher_temperature(teacher, labeled: Dataset, *, folds: int = 3, seed: int = 0, max_length: int = 64) -> dict:
+    """The teacher's temperature fitted on its cross-fitted logits of the labeled rows, and what it was read from:
+    `{"temperature", "folds", "held_out_accuracy", "nll_before", "nll_after"}`."""
+    logits = cross_fitted_logits(teacher, labeled, folds=folds, seed=seed, max_length=max_length)
+    labels = np.asarray(labeled["label"])
+    temperature = fit_temperature(logits, labels)
+    found = {
+        "temperature": round(temperature, 4),
+        "folds": folds,
+        "held_out_accuracy": float((logits.argmax(-1) == labels).mean()),
+        "nll_before": temperature_nll(logits, labels, 1.0),
+        "nll_after": temperature_nll(logits, labels, temperature),
+    }
+    logger.info("Teacher temperature fitted on %d labeled rows (%d folds, held-out accuracy %.3f): %.3f (NLL %.3f -> %.3f)",
+                len(labels), folds, found["held_out_accuracy"], temperature, found["nll_before"], found["nll_after"])  # fmt: skip
+    return found
