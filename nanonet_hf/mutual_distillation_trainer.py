@@ -54,10 +54,10 @@ from .metrics import agreement_choice, classification_metrics, cohort_metrics
 from .mutual_distillation_config import MutualDistillationConfig
 from .resources import resolve_model_path
 from .llm_teacher import DEFAULT_PROMPT, LLMTeacher
-from .setfit_teacher import SetFitTeacher
+from .setfit_teacher import SetFitTeacher, train_in_every_process
 from .fit_watch import LabelFitWatch
 from .teacher import add_teacher_embeddings, add_teacher_logits, check_teacher, train_teacher
-from .teacher_calibration import check_cross_fitting, fitted_teacher_temperature
+from .teacher_calibration import check_cross_fitting, fitted_teacher_temperature, fold_teachers
 from .teacher_ensemble import TeacherEnsemble, teacher_label_names, teacher_name
 from .views import StudentViews, adversarial_step, make_student_views, parse_views
 from .weighting import AdaptiveThresholds
@@ -211,6 +211,8 @@ class MutualDistillationTrainer(Trainer):
             teacher_model = self._make_teacher(teacher_model, model, args)
             rows = training_dataset(self.labeled, self.unlabeled)
             if self.teacher is not None and not args.online_teacher:  # an online teacher's logits are live
+                if args.world_size > 1:  # SetFit trains under DDP: every process joins (see train_in_every_process)
+                    train_in_every_process(self._teachers_to_train(args))
                 if args.lambda_embedding > 0 and isinstance(self.teacher, SetFitTeacher):
                     self.teacher.remember_embeddings = True  # the body encodes each text once for both columns
                 with args.main_process_first(desc="teacher logits"):  # computed once, read by the other processes
@@ -381,6 +383,18 @@ class MutualDistillationTrainer(Trainer):
             learning_rate=args.teacher_learning_rate, max_length=args.max_length, seed=args.seed,
         )  # fmt: skip
         return folder, "fine-tuned full-depth base (this run)"
+
+    def _teachers_to_train(self, args: MutualDistillationConfig) -> list:
+        """Every teacher the run may train, in a fixed order: the teacher (or an ensemble's members), and the fold
+        teachers that cross-fitting remakes from the labeled rows (an ensemble's fitted weights, a fitted temperature)."""
+        ensemble = self.teacher if isinstance(self.teacher, TeacherEnsemble) else None
+        found = list(ensemble.teachers) if ensemble else [self.teacher]
+        if ensemble and ensemble.weights_setting == "fit":
+            for member in ensemble.teachers:
+                found += [t for _, t in fold_teachers(member, ensemble.labeled, folds=ensemble.folds, seed=ensemble.seed)]
+        if args.teacher_temperature == "fit":
+            found += [t for _, t in fold_teachers(self.teacher, self.labeled, seed=args.seed)]
+        return found
 
     def teacher_logits(self, rows: Dataset) -> np.ndarray:
         """The teacher's logits `[N, C]` for `rows` (a `text` column): the live online teacher, or the cached

@@ -105,3 +105,15 @@ class SetFitTeacher:
         if not self.remember_embeddings:
             self._embedded.clear()
         return found.astype(np.float32)
+
+
+def train_in_every_process(teachers) -> None:
+    """Train every [`SetFitTeacher`] of `teachers` now, in this process. Under several processes every process calls
+    it at the same point: SetFit's trainer is a transformers Trainer, which wraps the body in DistributedDataParallel
+    and so needs every process to join its training; trained lazily inside the main process's logits computation
+    (`main_process_first`), it would wait for processes that never come. The price: under several processes a
+    SetFit teacher trains even when its logits are already cached."""
+    for teacher in teachers:
+        if isinstance(teacher, SetFitTeacher):
+            teacher.model  # noqa: B018 (trains it)
+

@@ -15,6 +15,7 @@ rerun, or a second process, trains no fold teacher again.
 """
 
 import logging
+import weakref
 
 import numpy as np
 from datasets import Dataset
@@ -56,17 +57,31 @@ def check_cross_fitting(labeled: Dataset, folds: int = 3, teacher=None) -> None:
         )
 
 
+_FOLD_TEACHERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def fold_teachers(teacher, labeled: Dataset, *, folds: int = 3, seed: int = 0) -> list[tuple[np.ndarray, object]]:
+    """`(held-out row indices, teacher made from the other rows)` per fold, made once per teacher and split: the
+    same fold teachers serve every later call (their training is lazy, and under several processes
+    [`nanonet_hf.setfit_teacher.train_in_every_process`] trains them before their logits are asked for)."""
+    check_cross_fitting(labeled, folds, teacher)
+    made = _FOLD_TEACHERS.setdefault(teacher, {})
+    key = (labeled._fingerprint, folds, seed)
+    if key not in made:
+        fold = cross_fitting_folds(labeled["label"], folds, seed)
+        made[key] = [(np.flatnonzero(fold == f), teacher.with_rows(labeled.select(np.flatnonzero(fold != f))))
+                     for f in range(folds)]  # fmt: skip
+    return made[key]
+
+
 def cross_fitted_logits(teacher, labeled: Dataset, *, folds: int = 3, seed: int = 0, max_length: int = 64) -> np.ndarray:
     """`[N, C]` the logits of each labeled row (`text`, `label`) from `teacher` remade without its fold
     (`teacher.with_rows(other folds)`), cached per fold teacher."""
-    check_cross_fitting(labeled, folds, teacher)
-    fold = cross_fitting_folds(labeled["label"], folds, seed)
     label_names = teacher_label_names(teacher)
     found = np.zeros((len(labeled), len(label_names)), dtype=np.float64)
-    for f in range(folds):
-        train, held = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
-        done = add_teacher_logits(labeled.select(held).select_columns(["text"]), teacher.with_rows(labeled.select(train)),
-                                  label_names=label_names, max_length=max_length)  # fmt: skip
+    for held, fold_teacher in fold_teachers(teacher, labeled, folds=folds, seed=seed):
+        done = add_teacher_logits(labeled.select(held).select_columns(["text"]), fold_teacher, label_names=label_names,
+                                  max_length=max_length)  # fmt: skip
         found[held] = np.asarray(done["teacher_logits"])
     return found
 

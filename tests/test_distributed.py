@@ -122,3 +122,21 @@ def test_accelerate_configs_load(name):
 
     config = load_config_from_file(os.path.join(ROOT, "recipes", "accelerate_configs", name))
     assert config.num_processes >= 2 and config.compute_environment.value == "LOCAL_MACHINE"
+
+
+@pytest.mark.slow
+def test_a_setfit_teacher_and_its_fitted_temperature_under_two_processes(run_files, tiny_model_dir, tmp_path):
+    """The SetFit teacher (the default) under two processes: SetFit's trainer wraps the body in DDP, so every process
+    trains it, then its three fold teachers (teacher_temperature=fit), together; the main process alone computes and
+    caches their logits, and both fit the temperature one process fits."""
+    extra = ("--teacher_name_or_path", tiny_model_dir,  # the last flag wins: SetFit on the tiny base, not the classifier
+             "--teacher_type", "setfit", "--setfit_iterations", "1", "--teacher_temperature", "fit")  # fmt: skip
+    single = launch(1, 8, run_files, tiny_model_dir, tmp_path / "one", *extra)
+    double = launch(2, 4, run_files, tiny_model_dir, tmp_path / "two", *extra)
+    one, two = (json.loads((tmp_path / name / "results.json").read_text()) for name in ("one", "two"))
+    assert one["training"]["teacher_temperature_fit"]["folds"] == 3
+    assert one["training"]["teacher_temperature"] == two["training"]["teacher_temperature"]
+    # four SetFit trainings (the teacher, a teacher per fold), each joined by every process
+    assert single.stderr.count("Num unique pairs") == 4 and double.stderr.count("Num unique pairs") == 8, double.stderr[-3000:]
+    assert double.stderr.count("Teacher temperature fitted") == 2  # each process read the same folds' logits
+    assert two["students"] is not None and two["cohort"]["steps"] == 6

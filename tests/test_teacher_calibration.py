@@ -163,3 +163,22 @@ def test_an_llm_teachers_temperature_is_fitted_from_its_folds(tiny_model_dir, ti
     logits = cross_fitted_logits(trainer.teacher, trainer.labeled, seed=args.seed, max_length=16)
     assert fit["temperature"] == pytest.approx(fit_temperature(logits, np.asarray(trainer.labeled["label"])), rel=1e-3)
     assert trainer.teacher_temperature == fit["temperature"] and TEMPERATURE_BOUNDS[0] <= fit["temperature"] <= TEMPERATURE_BOUNDS[1]
+
+
+def test_a_multi_process_run_trains_first_the_very_fold_teachers_cross_fitting_uses(tiny_model_dir, tiny_lm, toy_pool, tmp_path, monkeypatch):
+    """Under several processes the trainer trains every SetFit teacher, folds included, in every process before the
+    main one computes logits (`train_in_every_process`); the list must hold the objects cross-fitting then asks."""
+    monkeypatch.setattr("datasets.config.HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    labeled, unlabeled, test = raw_splits(toy_pool)
+    args = make_args(tmp_path, num_students=1, teacher_type="setfit+llm", llm_teacher=tiny_lm, llm_examples_per_class=0,
+                     verbalizers=["food=pasta", "sport=goal", "tech=laptop"], teacher_ensemble_weights="fit", eval_strategy="no")  # fmt: skip
+    trainer = MutualDistillationTrainer(model=tiny_model_dir, args=args, train_dataset=labeled, unlabeled_dataset=unlabeled)
+    listed = trainer._teachers_to_train(args)
+    assert [type(t).__name__ for t in listed] == ["SetFitTeacher", "LLMTeacher", *["SetFitTeacher"] * 3, *["LLMTeacher"] * 3]
+    assert all(t._model is not None for t in listed if isinstance(t, SetFitTeacher))  # these were the ones it trained
+
+    monkeypatch.setattr("datasets.config.HF_DATASETS_CACHE", str(tmp_path / "cache-2"))  # the SetFit logits above would hit
+    args = make_args(tmp_path / "fit", num_students=1, teacher_type="setfit", teacher_temperature="fit", eval_strategy="no")
+    trainer = MutualDistillationTrainer(model=tiny_model_dir, args=args, train_dataset=labeled, unlabeled_dataset=unlabeled)
+    listed = trainer._teachers_to_train(args)
+    assert len(listed) == 4 and listed[0] is trainer.teacher and all(t._model is not None for t in listed)
