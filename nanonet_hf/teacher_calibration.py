@@ -77,9 +77,10 @@ def fold_teachers(teacher, labeled: Dataset, *, folds: int = 3, seed: int = 0) -
 def cross_fitted_logits(teacher, labeled: Dataset, *, folds: int = 3, seed: int = 0, max_length: int = 64) -> np.ndarray:
     """`[N, C]` the logits of each labeled row (`text`, `label`) from `teacher` remade without its fold
     (`teacher.with_rows(other folds)`), cached per fold teacher."""
+    made = fold_teachers(teacher, labeled, folds=folds, seed=seed)  # checks first
     label_names = teacher_label_names(teacher)
     found = np.zeros((len(labeled), len(label_names)), dtype=np.float64)
-    for held, fold_teacher in fold_teachers(teacher, labeled, folds=folds, seed=seed):
+    for held, fold_teacher in made:
         done = add_teacher_logits(labeled.select(held).select_columns(["text"]), fold_teacher, label_names=label_names,
                                   max_length=max_length)  # fmt: skip
         found[held] = np.asarray(done["teacher_logits"])
