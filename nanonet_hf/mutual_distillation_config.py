@@ -353,13 +353,12 @@ class MutualDistillationConfig(TrainingArguments):
             raise ValueError(f"online_teacher_learning_rate must be > 0, got {self.online_teacher_learning_rate}")
         if self.mutual_loss not in ("kl", "mse"):
             raise ValueError(f"mutual_loss must be 'kl' or 'mse', got {self.mutual_loss!r}")
-        if isinstance(self.teacher_temperature, str) and self.teacher_temperature.strip() != "fit":
-            try:  # from the command line every value is a string
-                self.teacher_temperature = float(self.teacher_temperature)
+        if isinstance(self.teacher_temperature, str):  # from the command line every value is a string
+            value = self.teacher_temperature.strip()
+            try:
+                self.teacher_temperature = value if value == "fit" else float(value)
             except ValueError:
-                raise ValueError(f"teacher_temperature must be a number or 'fit', got {self.teacher_temperature!r}") from None
-        elif isinstance(self.teacher_temperature, str):
-            self.teacher_temperature = "fit"
+                raise ValueError(f"teacher_temperature must be a number or 'fit', got {value!r}") from None
         for name in ("temperature", "teacher_temperature"):
             if isinstance(getattr(self, name), (int, float)) and getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")

@@ -116,4 +116,3 @@ def train_in_every_process(teachers) -> None:
     for teacher in teachers:
         if isinstance(teacher, SetFitTeacher):
             teacher.model  # noqa: B018 (trains it)
-

@@ -91,8 +91,9 @@ class TeacherEnsemble:
                 if folders:
                     raise ValueError(f"ensemble weights 'fit' retrain each member on folds of the labels; the classifier "
                                      f"checkpoint(s) {folders} cannot be. Use 'mean' or explicit weights.")  # fmt: skip
-                if folds < 2 or np.bincount(np.asarray(labeled["label"])).min() < folds:
-                    raise ValueError(f"ensemble weights 'fit' with {folds} folds need >= {folds} labeled rows per class.")
+                from .teacher_calibration import check_cross_fitting  # imports teacher.py, which imports this module
+
+                check_cross_fitting(labeled, folds)  # every class in every fold
         else:
             weights = [float(w) for w in weights]
             if len(weights) != len(self.teachers) or min(weights) < 0 or sum(weights) <= 0:

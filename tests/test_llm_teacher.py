@@ -193,6 +193,8 @@ def test_bad_ensembles_are_refused(tiny_model_dir, tmp_path):
     AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, id2label=dict(enumerate(LABELS)), ignore_mismatched_sizes=True).save_pretrained(classifier)
     with pytest.raises(ValueError, match="cannot be"):
         TeacherEnsemble([setfit, classifier], weights="fit", labeled=labeled)
+    with pytest.raises(ValueError, match=r"3 folds needs >= 3 labeled rows of every class; class '\w+' has 2"):
+        TeacherEnsemble([setfit, setfit], weights="fit", labeled=labeled_rows(per_class=2))
 
 
 @pytest.mark.parametrize("name", list(TINY))
