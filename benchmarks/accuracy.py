@@ -63,6 +63,7 @@ from nanonet_hf import (
     prepare_data,
     train_teacher,
 )
+from nanonet_hf.architectures import ARCHITECTURES
 from nanonet_hf.data import BUILTIN_VERBALIZERS, cap_rows
 from nanonet_hf.inference import predict_logits
 from nanonet_hf.llm_teacher import LLMTeacher
@@ -90,6 +91,8 @@ ABLATIONS = {
     "nanonet LoRA r=8 on query, value": {"lora_r": 8, "lora_alpha": 16, "lora_target_modules": ["query", "value"]},
     "nanonet 3-layer student": {"student_layers": "3"},
     "nanonet − teacher sharpening": {"teacher_temperature": 1.0},
+    # the head's input: BERT's (MiniLM's) head reads a pooler that belongs to the frozen base; LoRA on it as well
+    "nanonet + LoRA on the pooler": {"lora_target_modules": [*ARCHITECTURES["bert"].lora_targets, "pooler.dense"]},
     # the teacher's temperature from its cross-fitted predictions of the labeled rows, not a fixed 0.25
     "nanonet, teacher temperature fitted": {"teacher_temperature": "fit"},
     "nanonet + adversarial view": {"student_views": "adversarial"},

@@ -12,6 +12,9 @@ they are written down here instead of guessed:
   these gave 85.0 against 83.4 for r=8 on the query and value projections alone (benchmarks/results/accuracy.md).
 - `head`: the modules of the classification model that make up its head above the encoder. Every student gets its
   own copy of each (PEFT `modules_to_save`), so a head that is more than one Linear trains per student too.
+- `base_pooler`: a pooler that belongs to the frozen base, above the encoder layers (BERT's `bert.pooler`, dense +
+  tanh on the first token, which its head reads). LoRA may go there (`lora_target_modules` + `pooler.dense`); it runs
+  after the layers, so the trunk below them stays shared.
 - `positions`: how the model numbers token positions. `"absolute"`: learned embeddings of 0 … L−1; `"offset"`:
   learned embeddings numbered from `padding_idx + 1`, padding at `padding_idx` (RoBERTa's scheme); `"relative"`:
   relative positions (with `absolute_too`, learned absolute ones besides, which the shuffle view cannot move
@@ -52,6 +55,7 @@ class Architecture:
     layer_config: tuple[str, ...] = ()
     first_layer_fixed: bool = False
     absolute_too: bool = False
+    base_pooler: str | None = None
 
     @property
     def shuffles(self) -> bool:
@@ -76,6 +80,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         head=("classifier",),
         positions="absolute",
         pooling="first token → pooler (dense + tanh, part of the frozen base) → classifier",
+        base_pooler="bert.pooler",
     ),
     "roberta": Architecture(name="RoBERTa", layers="roberta.encoder.layer", **_ROBERTA_LIKE),
     "xlm-roberta": Architecture(name="XLM-RoBERTa", layers="roberta.encoder.layer", **_ROBERTA_LIKE),

@@ -279,7 +279,7 @@ class StudentCohort(nn.Module):
         # bias-only students: per-student offsets of the adapted layers' biases (a submodule, so they train and save)
         self.student_biases = None
         self.adapter_type = "lora"
-        self.shared_layers = _shared_trunk_depth(peft_model, layers)
+        self.shared_layers = _shared_trunk_depth(peft_model, layers, self.architecture)
         if bias_layers is not None:
             self.student_biases = StudentBiases(layers, bias_layers, len(self.student_names))
             self.adapter_type = "bias"
@@ -368,6 +368,8 @@ class StudentCohort(nn.Module):
                     peft_model.add_adapter(name, lora_config)
                 _reset_classifier(peft_model, name, std=getattr(base.config, "initializer_range", 0.02))
         _check_heads(peft_model, architecture, names[0])
+        if adapter_type == "lora":
+            _check_targets_found(peft_model, lora_config)
         peft_model.set_requires_grad(names, True)
         return cls(
             peft_model,
@@ -568,11 +570,15 @@ def _repeat_rows(tensor: torch.Tensor, copies: int) -> torch.Tensor:
     return tensor.repeat(copies, *([1] * (tensor.dim() - 1)))
 
 
-def _shared_trunk_depth(peft_model: PeftModel, layers: nn.ModuleList) -> int | None:
+def _shared_trunk_depth(peft_model: PeftModel, layers: nn.ModuleList, architecture: Architecture) -> int | None:
     """How many encoder layers sit below the first LoRA layer (the trunk every student shares), or `None` when some
-    LoRA layer lives outside the encoder layers, so that the students share nothing and inputs must be repeated."""
-    in_layers = {id(module) for layer in layers for module in layer.modules() if isinstance(module, LoraLayer)}
-    if any(isinstance(module, LoraLayer) and id(module) not in in_layers for module in peft_model.modules()):
+    LoRA layer lives below the encoder layers (e.g. on the embeddings), so that the students share nothing and inputs
+    must be repeated. LoRA on the base's own pooler (`architecture.base_pooler`) runs after the layers."""
+    allowed = list(layers)
+    if architecture.base_pooler is not None:
+        allowed.append(peft_model.get_base_model().get_submodule(architecture.base_pooler))
+    in_place = {id(module) for part in allowed for module in part.modules() if isinstance(module, LoraLayer)}
+    if any(isinstance(module, LoraLayer) and id(module) not in in_place for module in peft_model.modules()):
         return None
     adapted = [index for index, layer in enumerate(layers) if any(isinstance(m, LoraLayer) for m in layer.modules())]
     return adapted[0] if adapted else len(layers)
@@ -585,6 +591,19 @@ def _student_heads(peft_model: PeftModel, adapter_name: str) -> dict[str, nn.Mod
         for path, module in peft_model.get_base_model().named_modules()
         if isinstance(module, AuxiliaryTrainingWrapper) and adapter_name in getattr(module, "modules_to_save", {})
     }
+
+
+def _check_targets_found(peft_model: PeftModel, lora_config: LoraConfig) -> None:
+    """Every name in `target_modules` got LoRA somewhere. PEFT only asks that some name match, and with
+    `layers_to_transform` (`adapter_layers`) it drops, without a word, a target outside the numbered encoder layers."""
+    if isinstance(lora_config.target_modules, str):  # a regex: PEFT's own check
+        return
+    adapted = [name for name, module in peft_model.get_base_model().named_modules() if isinstance(module, LoraLayer)]
+    missing = [t for t in sorted(lora_config.target_modules) if not any(n == t or n.endswith(f".{t}") for n in adapted)]
+    if missing:
+        where = (f" with adapter_layers (LoRA on encoder layers {list(lora_config.layers_to_transform)} only)"
+                 if lora_config.layers_to_transform is not None else "")  # fmt: skip
+        raise ValueError(f"LoRA target(s) {missing} match no module of the model{where}; check lora_target_modules.")
 
 
 def _check_heads(peft_model: PeftModel, architecture: Architecture, adapter_name: str) -> None:

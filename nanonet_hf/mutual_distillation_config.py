@@ -39,7 +39,8 @@ class MutualDistillationConfig(TrainingArguments):
     lora_target_modules (`list[str]`, *optional*):
         Modules that get LoRA. Defaults to every linear layer of the architecture's encoder layers, from the table
         in [`nanonet_hf.architectures`] (`query`, `key`, `value`, `output.dense`, `intermediate.dense` for BERT;
-        `Wqkv`, `Wo`, `Wi` for ModernBERT).
+        `Wqkv`, `Wo`, `Wi` for ModernBERT). For BERT, `pooler.dense` adds LoRA on the base's pooler, which its head
+        reads. A name that matches no module is refused.
     student_layers (`str`, *optional*):
         Cut the base to fewer layers: a count (`"3"` keeps the first three) or indices (`"0,2,4"`). Defaults to all.
     adapter_layers (`str`, *optional*):

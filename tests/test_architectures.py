@@ -365,3 +365,33 @@ def test_deberta_with_a_convolution_layer_is_refused(tmp_path):
     config.save_pretrained(tmp_path / "deberta-conv")
     with pytest.raises(ValueError, match="convolution layer"):
         build(str(tmp_path / "deberta-conv"))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_lora_on_berts_pooler_is_routed_per_student_and_exported(checkpoints, kind, tmp_path):
+    """BERT's head reads the pooler (dense + tanh on the first token), which belongs to the frozen base; LoRA on it
+    (`lora_target_modules` + `pooler.dense`) gives each student its own pooler and merges into the export."""
+    path, targets = checkpoints("bert", kind), [*ARCHITECTURES["bert"].lora_targets, "pooler.dense"]
+    cohort = build(path, lora_config=LoraConfig(r=4, lora_alpha=8, init_lora_weights=False, target_modules=targets)).eval()
+    without = build(path, lora_config=LoraConfig(r=4, lora_alpha=8, init_lora_weights=False, target_modules=targets[:-1])).eval()
+    assert cohort.shared_layers == 0  # above the layers: the embeddings still run once for all students
+    batch = encode("bert")
+    with torch.no_grad():
+        logits = cohort(**batch)
+        for k in range(3):
+            torch.testing.assert_close(logits[:, k], alone(cohort, k, **batch), atol=1e-5, rtol=0)
+        assert not torch.allclose(logits, without(**batch), atol=1e-4)  # the pooler's LoRA changes the logits
+    exported = export_student(cohort, 1, str(tmp_path / "run"), tiny_tokenizer(TINY["bert"][2]))
+    model = AutoModelForSequenceClassification.from_pretrained(exported.student_dir).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch).logits, logits[:, 1], atol=1e-5, rtol=0)
+
+
+def test_a_lora_target_that_matches_nothing_is_refused(checkpoints):
+    """PEFT needs only one target to match; with `adapter_layers` it drops a target outside the encoder layers
+    silently. The cohort names it instead."""
+    path = checkpoints("bert", "classifier")
+    with pytest.raises(ValueError, match=r"\['pooler.dense'\] match no module of the model with adapter_layers"):
+        build(path, adapter_layers=1, lora_config=LoraConfig(target_modules=["query", "pooler.dense"]))
+    with pytest.raises(ValueError, match=r"\['qeury'\] match no module"):
+        build(path, lora_config=LoraConfig(target_modules=["query", "qeury"]))
