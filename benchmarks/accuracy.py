@@ -330,9 +330,15 @@ def run_setting(dataset: str, labels_per_class: int, seed: int, args, methods: s
         main_teacher = args.teacher if args.teacher in teachers else None
         if "nanonet" in methods and main_teacher:
             variants.append(("nanonet", main_teacher, {}, None))
-        for teacher in args.other_teachers if "ablations" in methods or args.ablation_datasets is None else []:
+        other_teachers = args.other_teachers if "ablations" in methods or args.ablation_datasets is None else []
+        for teacher in other_teachers:
             if teacher in teachers and teacher != main_teacher:
                 variants.append((f"nanonet ({teacher} teacher)", teacher, {}, None))
+        # a teacher is built by its method (--methods setfit-minilm-l6, llm-teacher, ...): say which were not
+        wanted = [*([args.teacher] if {"nanonet", "ablations"} & methods else []), *other_teachers]
+        for teacher in dict.fromkeys(t for t in wanted if t not in teachers):
+            record(f"nanonet ({teacher} teacher)", None, time.perf_counter(),
+                   note="skipped: that teacher was not built in this run (add its method to --methods)")  # fmt: skip
         if "ablations" in methods and main_teacher:
             for name in args.ablations:
                 change = dict(ABLATIONS[name])

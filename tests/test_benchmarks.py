@@ -101,3 +101,12 @@ def test_set_reads_numbers_yaml_leaves_as_strings_and_refuses_unknown_fields():
     assert args.set == {"learning_rate": 3e-4, "lambda_embedding": 1, "student_views": "cutoff,dropout"}
     with pytest.raises(SystemExit):
         benchmark.parse_args(["--set", "no_such_field=1"])
+
+
+def test_accuracy_benchmark_says_which_teachers_a_run_did_not_build(tmp_path):
+    """A teacher is built by its method: nanonet asked for without one gets a skipped row naming it, not silence."""
+    benchmark = load_script("benchmarks", "accuracy.py")
+    runs = benchmark.main(["--quick", "--methods", "nanonet", "--out", str(tmp_path)])
+    skipped = {run.method: run.note for run in runs if run.accuracy is None}
+    assert set(skipped) == {"nanonet (SetFit MiniLM-L6 teacher)"}  # the fine-tuned teacher is built for nanonet
+    assert all("add its method to --methods" in note for note in skipped.values())
