@@ -50,6 +50,7 @@ import numpy as np
 import torch
 import yaml
 from datasets import Dataset, concatenate_datasets
+from transformers import AutoModelForSequenceClassification
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import quiet_transformers
@@ -65,8 +66,10 @@ from nanonet_hf import (
 )
 from nanonet_hf.architectures import ARCHITECTURES
 from nanonet_hf.data import BUILTIN_VERBALIZERS, cap_rows
+from nanonet_hf.export import export_student
 from nanonet_hf.inference import predict_logits
 from nanonet_hf.llm_teacher import LLMTeacher
+from nanonet_hf.mutual_distillation_config import STUDENT_SELECTION_RULES
 from nanonet_hf.resources import resolve_model_path
 from nanonet_hf.setfit_teacher import SetFitTeacher
 from nanonet_hf.teacher import load_teacher
@@ -197,6 +200,24 @@ def _indexed_pairs_trainer():
     return IndexedPairsDistillationTrainer
 
 
+def soup_metrics(trainer: MutualDistillationTrainer, test: Dataset, scratch: str) -> dict:
+    """The cohort's "soup", measured as an experiment (issue 17): one plain model whose every weight is the mean of
+    the K exported students' (so the mean of their LoRA deltas merged into the shared base, and of their heads),
+    scored on `test`. Each student goes through the library's own export, so the soup is made of exactly the
+    models that would be published."""
+    cohort = trainer.accelerator.unwrap_model(trainer.model)
+    tokenizer = trainer.processing_class
+    states = []
+    for index in range(cohort.num_students):
+        folder = export_student(cohort, index, os.path.join(scratch, str(index)), tokenizer).student_dir
+        states.append(AutoModelForSequenceClassification.from_pretrained(folder).state_dict())
+    soup = AutoModelForSequenceClassification.from_pretrained(folder)
+    soup.load_state_dict({name: torch.stack([state[name].float() for state in states]).mean(0).to(tensor.dtype)
+                          for name, tensor in states[0].items()})  # fmt: skip
+    logits = predict_logits(soup, tokenizer, list(test["text"]), max_length=trainer.args.max_length)
+    return classification_metrics(logits.argmax(-1), np.asarray(test["label"]), soup.config.num_labels)
+
+
 def run_nanonet(settings: dict, data, unlabeled, test, teacher, scratch: str) -> dict:
     """Train one cohort through the library's pipeline (raw rows in, the teacher's logits cached inside) and take its
     `results()`: every student, the ensemble (one definition: `cohort_metrics`, the mean of the students'
@@ -207,9 +228,15 @@ def run_nanonet(settings: dict, data, unlabeled, test, teacher, scratch: str) ->
         eval_dataset=test,
     )  # fmt: skip
     trainer.train()
+    # which student each selection rule picks (the run's own rule last, so that it is the one results() reports)
+    rules = [rule for rule in STUDENT_SELECTION_RULES if rule != config.student_selection] + [config.student_selection]
+    picks = {rule: trainer.select_student(rule=rule) for rule in rules} if config.num_students > 1 else {}
     results = trainer.results()
     chosen = results["chosen_student"]
-    return {"chosen": results["students"][chosen], "chosen_index": chosen, "ensemble": results["ensemble"],
+    began = time.perf_counter()
+    soup = soup_metrics(trainer, test, os.path.join(scratch, "soup")) if config.num_students > 1 else None
+    return {"chosen": results["students"][chosen], "chosen_index": chosen, "ensemble": results["ensemble"], "picks": picks,
+            "soup": soup, "soup_s": time.perf_counter() - began,
             "students": results["students"], "teacher_temperature": results["training"]["teacher_temperature"],
             "temperature_fitted": results["training"]["teacher_temperature_fit"] is not None}  # fmt: skip
 
@@ -354,11 +381,15 @@ def run_setting(dataset: str, labels_per_class: int, seed: int, args, methods: s
             cap = change.pop("_max_unlabeled", None)
             result = run_nanonet({**settings, **change}, data, pool(extra, cap), test, teachers[teacher], scratch)
             fitted = f"teacher temperature fitted: {result['teacher_temperature']:.3g}" if result["temperature_fitted"] else ""
-            record(f"{name}: chosen student", result["chosen"], began, note=fitted, chosen=result["chosen_index"],
-                   students=[s["accuracy"] for s in result["students"]], teacher_temperature=result["teacher_temperature"])  # fmt: skip
+            record(f"{name}: chosen student", result["chosen"], began + result["soup_s"], note=fitted, chosen=result["chosen_index"],
+                   students=[s["accuracy"] for s in result["students"]], teacher_temperature=result["teacher_temperature"],
+                   picks=result["picks"])  # fmt: skip
             if result["ensemble"] and len(result["students"]) > 1:
                 runs.append(Run(dataset, labels_per_class, seed, f"{name}: ensemble", result["ensemble"]["accuracy"],
                                 result["ensemble"]["macro_f1"], runs[-1].wall_s))  # fmt: skip
+            if result["soup"]:
+                runs.append(Run(dataset, labels_per_class, seed, f"{name}: soup of the students' weights",
+                                result["soup"]["accuracy"], result["soup"]["macro_f1"], round(runs[-1].wall_s + result["soup_s"], 1)))  # fmt: skip
     return runs
 
 
@@ -391,7 +422,25 @@ def summarize(runs: list[Run]) -> tuple[str, dict]:
             name = method if ran == seeds else f"{method} (seed{'s' * (len(ran) > 1)} {', '.join(map(str, ran))} only)"
             lines.append(f"| {name} | {acc.mean():.2f}{spread(acc)} | {f1.mean():.2f}{spread(f1)} | {np.mean([r.wall_s for r in done]):.0f} |")
             summary.setdefault(f"{dataset}/{budget}", {})[method] = {"accuracy": acc.mean() / 100, "accuracy_std": None if seed_std(acc) is None else seed_std(acc) / 100, "macro_f1": f1.mean() / 100, "seeds": len(done)}
+    lines += selection_report(runs)
     return "\n".join(lines), summary
+
+
+def selection_report(runs: list[Run]) -> list[str]:
+    """How often each selection rule (`STUDENT_SELECTION_RULES`, recorded per cohort run as `picks`) picked the
+    cohort's most accurate student on the test split, and how many points below it its pick was on average and at
+    most: Markdown lines, none when no run has K > 1."""
+    cohorts = [run for run in runs if run.accuracy is not None and run.extra.get("picks")]
+    if not cohorts:
+        return []
+    lines = [f"\n### Selection rules over {len(cohorts)} cohort runs (K > 1)\n",
+             "| rule | picked the best student | points below the best: mean | max |", "|---|---|---|---|"]  # fmt: skip
+    for rule in STUDENT_SELECTION_RULES:
+        gaps = [100 * (max(run.extra["students"]) - run.extra["students"][run.extra["picks"][rule]])
+                for run in cohorts if rule in run.extra["picks"]]  # fmt: skip
+        if gaps:
+            lines.append(f"| {rule} | {sum(gap == 0 for gap in gaps)} of {len(gaps)} | {np.mean(gaps):.2f} | {max(gaps):.2f} |")
+    return lines
 
 
 def plot(runs: list[Run], path: str) -> None:

@@ -9,6 +9,9 @@ from transformers.utils import is_torch_npu_available, is_torch_xpu_available
 from .cohort import ADAPTER_TYPES, parse_student_layers
 from .views import parse_views
 
+# what `select_student` compares the students with on unlabeled rows: the teacher, or the students' own ensemble
+STUDENT_SELECTION_RULES = ("teacher", "ensemble")
+
 
 @dataclass
 class MutualDistillationConfig(TrainingArguments):
@@ -148,6 +151,9 @@ class MutualDistillationConfig(TrainingArguments):
     selection_rows (`int`, *optional*, defaults to `1000`):
         Unlabeled rows on which each student's predictions are compared with the teacher's; the one that agrees most
         is exported ([`MutualDistillationTrainer.select_student`]).
+    student_selection (`str`, *optional*, defaults to `"teacher"`):
+        Which reference the students are compared with on those rows: `"teacher"` (the teacher's predictions) or
+        `"ensemble"` (the students' ensemble, which can pick a student that has surpassed the teacher).
     card_license (`str`, *optional*, defaults to `"apache-2.0"`):
         License written in the model card; it must agree with the base model's and the data's.
 
@@ -300,6 +306,11 @@ class MutualDistillationConfig(TrainingArguments):
     selection_rows: int = field(
         default=1000, metadata={"help": "Unlabeled rows on which the students are compared with the teacher to pick one."}
     )
+    student_selection: str = field(
+        default="teacher",
+        metadata={"help": "The selection's reference: 'teacher' or 'ensemble' (the students' ensemble).",
+                  "choices": list(STUDENT_SELECTION_RULES)},
+    )
     card_license: str = field(
         default="apache-2.0", metadata={"help": "License in the model card; match the base model's and the data's."}
     )
@@ -379,6 +390,8 @@ class MutualDistillationConfig(TrainingArguments):
         self.ensemble_weights()  # a malformed value fails here
         if self.selection_rows < 1:
             raise ValueError(f"selection_rows must be at least 1, got {self.selection_rows}")
+        if self.student_selection not in STUDENT_SELECTION_RULES:
+            raise ValueError(f"student_selection must be one of {STUDENT_SELECTION_RULES}, got {self.student_selection!r}")
         if self.kd_weighting not in ("none", "confidence_need"):
             raise ValueError(f"kd_weighting must be 'none' or 'confidence_need', got {self.kd_weighting!r}")
         if not 0 <= self.threshold_momentum <= 1:

@@ -50,8 +50,8 @@ from .losses import (
     linear_rampup,
     supervised_loss,
 )
-from .metrics import agreement_choice, classification_metrics, cohort_metrics
-from .mutual_distillation_config import MutualDistillationConfig
+from .metrics import agreement_choice, classification_metrics, cohort_metrics, ensemble_log_probs
+from .mutual_distillation_config import STUDENT_SELECTION_RULES, MutualDistillationConfig
 from .resources import resolve_model_path
 from .llm_teacher import DEFAULT_PROMPT, LLMTeacher
 from .setfit_teacher import SetFitTeacher, train_in_every_process
@@ -682,27 +682,39 @@ class MutualDistillationTrainer(Trainer):
 
     # ---- the pipeline's end: choose, compare, save, publish ----
 
-    def select_student(self, max_rows: int | None = None) -> int:
-        """The student to export, chosen without test labels: the one whose predictions agree most with the teacher
-        on the first `max_rows` (`args.selection_rows`) unlabeled training rows; with no unlabeled rows, the most
-        accurate on the labeled rows. Sets and returns `chosen_student`."""
+    def select_student(self, max_rows: int | None = None, rule: str | None = None) -> int:
+        """The student to export, chosen without test labels on the first `max_rows` (`args.selection_rows`) unlabeled
+        training rows, by `rule` (`args.student_selection`): `"teacher"`, the student whose predictions agree most
+        with the teacher's; `"ensemble"`, the one that agrees most with the cohort's ensemble (the mean of the
+        students' probabilities). With no unlabeled rows, the most accurate on the labeled rows. Sets and returns
+        `chosen_student`."""
+        rule = rule or self.args.student_selection
+        if rule not in STUDENT_SELECTION_RULES:
+            raise ValueError(f"student_selection must be one of {STUDENT_SELECTION_RULES}, got {rule!r}")
         cohort = self.accelerator.unwrap_model(self.model)
         rows = self.train_dataset
         if rows is None or "text" not in rows.column_names:
             raise ValueError("select_student reads the training rows' `text` column; this train_dataset has none.")
         labels = np.asarray(rows["labels"])
         num_labeled = _num_labeled(rows)
-        if num_labeled < len(rows):
+        unlabeled = num_labeled < len(rows)
+        if unlabeled:
             chosen_rows = rows.select(range(num_labeled, min(len(rows), num_labeled + (max_rows or self.args.selection_rows))))
+        else:
+            chosen_rows = rows.select(range(num_labeled))
+        logits = predict_logits(cohort, self.processing_class, list(chosen_rows["text"]), max_length=self.args.max_length)
+        if not unlabeled:
+            reference = labels[:num_labeled]
+            self.card_data.selection = "accuracy on the labeled rows"
+        elif rule == "ensemble":
+            reference = ensemble_log_probs(logits).argmax(-1)
+            self.card_data.selection = "agreement with the students' ensemble on unlabeled rows"
+        else:
             if cohort.teacher is None and "teacher_logits" in rows.column_names:
                 reference = np.asarray(chosen_rows["teacher_logits"]).argmax(-1)
             else:
                 reference = self.teacher_logits(chosen_rows).argmax(-1)
             self.card_data.selection = "agreement with the teacher on unlabeled rows"
-        else:
-            chosen_rows, reference = rows.select(range(num_labeled)), labels[:num_labeled]
-            self.card_data.selection = "accuracy on the labeled rows"
-        logits = predict_logits(cohort, self.processing_class, list(chosen_rows["text"]), max_length=self.args.max_length)
         self.chosen_student = agreement_choice(logits, reference)
         return self.chosen_student
 

@@ -136,6 +136,11 @@ def test_unsupported_adapter_type(tiny_model_dir, tmp_path):
         MutualDistillationConfig(output_dir=str(tmp_path), adapter_type="ia3")
 
 
+def test_unknown_student_selection_rule(tmp_path):
+    with pytest.raises(ValueError, match=r"student_selection must be one of \('teacher', 'ensemble'\), got 'best'"):
+        MutualDistillationConfig(output_dir=str(tmp_path), student_selection="best")
+
+
 @pytest.mark.parametrize("value", [0, -2])
 def test_num_students_below_one(tiny_model_dir, tmp_path, value):
     with pytest.raises(ValueError, match=f"num_students must be at least 1, got {value}"):

@@ -25,6 +25,7 @@ def test_accuracy_benchmark_quick_mode_writes_table_json_and_plot(tmp_path):
         "nanonet: chosen student",
         "nanonet K=2: chosen student",
         "nanonet K=2: ensemble",
+        "nanonet K=2: soup of the students' weights",
         "nanonet bias-only: chosen student",
     ):
         assert expected in methods, expected
@@ -37,6 +38,9 @@ def test_accuracy_benchmark_quick_mode_writes_table_json_and_plot(tmp_path):
     assert saved["command"].startswith("python benchmarks/accuracy.py --quick") and len(saved["runs"]) == len(runs)
     table = (tmp_path / "accuracy.md").read_text()
     assert "| nanonet: chosen student |" in table
+    cohort = next(run for run in runs if run.method == "nanonet K=2: chosen student")
+    assert set(cohort.extra["picks"]) == {"teacher", "ensemble"} and cohort.extra["picks"]["teacher"] == cohort.extra["chosen"]
+    assert "### Selection rules over 1 cohort runs (K > 1)" in table
     assert (tmp_path / "accuracy.png").stat().st_size > 10_000
 
 
@@ -110,3 +114,20 @@ def test_accuracy_benchmark_says_which_teachers_a_run_did_not_build(tmp_path):
     skipped = {run.method: run.note for run in runs if run.accuracy is None}
     assert set(skipped) == {"nanonet (SetFit MiniLM-L6 teacher)"}  # the fine-tuned teacher is built for nanonet
     assert all("add its method to --methods" in note for note in skipped.values())
+
+
+def test_selection_report_counts_each_rules_best_picks_and_its_shortfall():
+    benchmark = load_script("benchmarks", "accuracy.py")
+    Run = benchmark.Run
+
+    def cohort(students, teacher, ensemble):
+        return Run("trec6", 10, 0, "nanonet K=4: chosen student", max(students), 0.5, 1.0,
+                   extra={"students": students, "picks": {"teacher": teacher, "ensemble": ensemble}})  # fmt: skip
+
+    runs = [cohort([0.80, 0.85, 0.70], teacher=1, ensemble=1), cohort([0.80, 0.75, 0.90], teacher=0, ensemble=2),
+            Run("trec6", 10, 0, "nanonet: chosen student", 0.8, 0.8, 1.0, extra={"picks": {}})]  # K = 1: not counted
+    lines = benchmark.selection_report(runs)
+    assert lines[0].strip() == "### Selection rules over 2 cohort runs (K > 1)"
+    assert "| teacher | 1 of 2 | 5.00 | 10.00 |" in lines
+    assert "| ensemble | 2 of 2 | 0.00 | 0.00 |" in lines
+    assert benchmark.selection_report(runs[2:]) == []

@@ -14,7 +14,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Bert
 from nanonet_hf import MutualDistillationConfig, MutualDistillationTrainer, StudentCohort
 from nanonet_hf.data import sample_per_class, tokenize, training_dataset
 from nanonet_hf.inference import predict_logits
-from nanonet_hf.metrics import agreement_choice
+from nanonet_hf.metrics import agreement_choice, ensemble_log_probs
 
 from .conftest import LABELS, make_texts
 from .tiny_models import TINY, save_tiny
@@ -81,7 +81,14 @@ def test_selection_is_agreement_with_the_teacher_or_labeled_accuracy(tiny_model_
     cohort, tokenizer = trainer.model, trainer.processing_class
     rows = list(unlabeled["sentence"][:16])
     reference = trainer.teacher_logits(Dataset.from_dict({"text": rows})).argmax(-1)
-    assert trainer.select_student() == agreement_choice(predict_logits(cohort, tokenizer, rows, max_length=16), reference)
+    logits = predict_logits(cohort, tokenizer, rows, max_length=16)
+    assert trainer.select_student() == agreement_choice(logits, reference)
+    assert trainer.card_data.selection == "agreement with the teacher on unlabeled rows"
+    # the other rule compares the students with their own ensemble (the mean of their probabilities)
+    assert trainer.select_student(rule="ensemble") == agreement_choice(logits, ensemble_log_probs(logits).argmax(-1))
+    assert trainer.card_data.selection == "agreement with the students' ensemble on unlabeled rows"
+    with pytest.raises(ValueError, match="student_selection must be one of .*'best'"):
+        trainer.select_student(rule="best")
 
     only_labeled = MutualDistillationTrainer(
         model=tiny_model_dir, args=make_args(tmp_path / "b", num_students=3), train_dataset=labeled, eval_dataset=test
