@@ -207,13 +207,17 @@ def soup_metrics(trainer: MutualDistillationTrainer, test: Dataset, scratch: str
     models that would be published."""
     cohort = trainer.accelerator.unwrap_model(trainer.model)
     tokenizer = trainer.processing_class
-    states = []
-    for index in range(cohort.num_students):
-        folder = export_student(cohort, index, os.path.join(scratch, str(index)), tokenizer).student_dir
-        states.append(AutoModelForSequenceClassification.from_pretrained(folder).state_dict())
-    soup = AutoModelForSequenceClassification.from_pretrained(folder)
-    soup.load_state_dict({name: torch.stack([state[name].float() for state in states]).mean(0).to(tensor.dtype)
-                          for name, tensor in states[0].items()})  # fmt: skip
+    students = [
+        AutoModelForSequenceClassification.from_pretrained(
+            export_student(cohort, index, os.path.join(scratch, str(index)), tokenizer).student_dir
+        )
+        for index in range(cohort.num_students)
+    ]
+    states = [student.state_dict() for student in students]
+    mean = {name: torch.stack([state[name].float() for state in states]).mean(0).to(tensor.dtype)
+            for name, tensor in states[0].items()}  # fmt: skip
+    soup = students[-1]  # the mean is computed before it overwrites this student's weights
+    soup.load_state_dict(mean)
     logits = predict_logits(soup, tokenizer, list(test["text"]), max_length=trainer.args.max_length)
     return classification_metrics(logits.argmax(-1), np.asarray(test["label"]), soup.config.num_labels)
 
@@ -381,6 +385,7 @@ def run_setting(dataset: str, labels_per_class: int, seed: int, args, methods: s
             cap = change.pop("_max_unlabeled", None)
             result = run_nanonet({**settings, **change}, data, pool(extra, cap), test, teachers[teacher], scratch)
             fitted = f"teacher temperature fitted: {result['teacher_temperature']:.3g}" if result["temperature_fitted"] else ""
+            # the soup is measured after the cohort: its time is kept out of the cohort's row
             record(f"{name}: chosen student", result["chosen"], began + result["soup_s"], note=fitted, chosen=result["chosen_index"],
                    students=[s["accuracy"] for s in result["students"]], teacher_temperature=result["teacher_temperature"],
                    picks=result["picks"])  # fmt: skip

@@ -13,6 +13,13 @@ from .views import parse_views
 STUDENT_SELECTION_RULES = ("teacher", "ensemble")
 
 
+def check_student_selection(rule: str) -> str:
+    """`rule` if it is one of `STUDENT_SELECTION_RULES`; a ValueError naming it otherwise."""
+    if rule not in STUDENT_SELECTION_RULES:
+        raise ValueError(f"student_selection must be one of {STUDENT_SELECTION_RULES}, got {rule!r}")
+    return rule
+
+
 @dataclass
 class MutualDistillationConfig(TrainingArguments):
     r"""
@@ -390,8 +397,7 @@ class MutualDistillationConfig(TrainingArguments):
         self.ensemble_weights()  # a malformed value fails here
         if self.selection_rows < 1:
             raise ValueError(f"selection_rows must be at least 1, got {self.selection_rows}")
-        if self.student_selection not in STUDENT_SELECTION_RULES:
-            raise ValueError(f"student_selection must be one of {STUDENT_SELECTION_RULES}, got {self.student_selection!r}")
+        check_student_selection(self.student_selection)
         if self.kd_weighting not in ("none", "confidence_need"):
             raise ValueError(f"kd_weighting must be 'none' or 'confidence_need', got {self.kd_weighting!r}")
         if not 0 <= self.threshold_momentum <= 1:

@@ -51,7 +51,7 @@ from .losses import (
     supervised_loss,
 )
 from .metrics import agreement_choice, classification_metrics, cohort_metrics, ensemble_log_probs
-from .mutual_distillation_config import STUDENT_SELECTION_RULES, MutualDistillationConfig
+from .mutual_distillation_config import MutualDistillationConfig, check_student_selection
 from .resources import resolve_model_path
 from .llm_teacher import DEFAULT_PROMPT, LLMTeacher
 from .setfit_teacher import SetFitTeacher, train_in_every_process
@@ -688,22 +688,18 @@ class MutualDistillationTrainer(Trainer):
         with the teacher's; `"ensemble"`, the one that agrees most with the cohort's ensemble (the mean of the
         students' probabilities). With no unlabeled rows, the most accurate on the labeled rows. Sets and returns
         `chosen_student`."""
-        rule = rule or self.args.student_selection
-        if rule not in STUDENT_SELECTION_RULES:
-            raise ValueError(f"student_selection must be one of {STUDENT_SELECTION_RULES}, got {rule!r}")
+        rule = check_student_selection(rule or self.args.student_selection)
         cohort = self.accelerator.unwrap_model(self.model)
         rows = self.train_dataset
         if rows is None or "text" not in rows.column_names:
             raise ValueError("select_student reads the training rows' `text` column; this train_dataset has none.")
         labels = np.asarray(rows["labels"])
         num_labeled = _num_labeled(rows)
-        unlabeled = num_labeled < len(rows)
-        if unlabeled:
-            chosen_rows = rows.select(range(num_labeled, min(len(rows), num_labeled + (max_rows or self.args.selection_rows))))
-        else:
-            chosen_rows = rows.select(range(num_labeled))
+        has_unlabeled = num_labeled < len(rows)
+        end = min(len(rows), num_labeled + (max_rows or self.args.selection_rows))
+        chosen_rows = rows.select(range(num_labeled, end) if has_unlabeled else range(num_labeled))
         logits = predict_logits(cohort, self.processing_class, list(chosen_rows["text"]), max_length=self.args.max_length)
-        if not unlabeled:
+        if not has_unlabeled:
             reference = labels[:num_labeled]
             self.card_data.selection = "accuracy on the labeled rows"
         elif rule == "ensemble":
