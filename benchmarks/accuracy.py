@@ -19,7 +19,8 @@ method:
   MiniLM-L6);
 - ablations of nanonet (with `--teacher`): a cohort of K = 4 (with and without the mutual loss, with and without
   per-student views) and K = 2, the earlier budget (150 steps on 2,000 unlabeled rows), LoRA r=8 on query/value only,
-  a 3-layer cut student, the teacher's logits as given (`teacher_temperature` 1), an adversarial view, bias-only
+  a 3-layer cut student (the first three layers, every other layer, 1,200 steps, or taught by the exported 6-layer
+  nanonet student instead of the teacher), the teacher's logits as given (`teacher_temperature` 1), an adversarial view, bias-only
   students, with LM-generated unlabeled text (SmolLM2-135M), and with embedding distillation (`lambda_embedding` 1
   and 10: the students' sentence embeddings relate the texts as the teacher body's do).
 
@@ -93,6 +94,14 @@ ABLATIONS = {
     "nanonet 150 steps, 2,000 unlabeled rows": {"max_steps": 150, "_max_unlabeled": 2000},
     "nanonet LoRA r=8 on query, value": {"lora_r": 8, "lora_alpha": 16, "lora_target_modules": ["query", "value"]},
     "nanonet 3-layer student": {"student_layers": "3"},
+    # which three of the six layers the cut keeps: every other one (DistilBERT's initialisation), or ending at the last
+    "nanonet 3-layer student, layers 0,2,4": {"student_layers": "0,2,4"},
+    "nanonet 3-layer student, layers 1,3,5": {"student_layers": "1,3,5"},
+    "nanonet 3-layer student, 1,200 steps": {"student_layers": "3", "max_steps": 1200},
+    # two stages: the 3-layer student learns from the exported 6-layer nanonet student (an assistant between it and
+    # the teacher), whose logits are used as they are (that student already learned from sharpened targets)
+    "nanonet 3-layer student, taught by the 6-layer student": {"student_layers": "3", "teacher_temperature": 1.0,
+                                                              "_teacher": "nanonet"},
     "nanonet − teacher sharpening": {"teacher_temperature": 1.0},
     # the head's input: BERT's (MiniLM's) head reads a pooler that belongs to the frozen base; LoRA on it as well
     "nanonet + LoRA on the pooler": {"lora_target_modules": [*ARCHITECTURES["bert"].lora_targets, "pooler.dense"]},
@@ -222,10 +231,11 @@ def soup_metrics(trainer: MutualDistillationTrainer, test: Dataset, scratch: str
     return classification_metrics(logits.argmax(-1), np.asarray(test["label"]), soup.config.num_labels)
 
 
-def run_nanonet(settings: dict, data, unlabeled, test, teacher, scratch: str) -> dict:
+def run_nanonet(settings: dict, data, unlabeled, test, teacher, scratch: str, save_to: str | None = None) -> dict:
     """Train one cohort through the library's pipeline (raw rows in, the teacher's logits cached inside) and take its
     `results()`: every student, the ensemble (one definition: `cohort_metrics`, the mean of the students'
-    probabilities) and the student the trainer chooses without test labels (`select_student`)."""
+    probabilities) and the student the trainer chooses without test labels (`select_student`). With `save_to`, the
+    chosen student is saved there as well (`save_model`: `save_to/student` is a plain classifier)."""
     config = MutualDistillationConfig(output_dir=os.path.join(scratch, "cohort"), use_cpu=True, **settings)
     trainer = MutualDistillationTrainer(
         model=MINILM, teacher_model=teacher, args=config, train_dataset=data.labeled, unlabeled_dataset=unlabeled,
@@ -238,9 +248,11 @@ def run_nanonet(settings: dict, data, unlabeled, test, teacher, scratch: str) ->
     results = trainer.results()
     chosen = results["chosen_student"]
     began = time.perf_counter()
+    if save_to is not None:
+        trainer.save_model(save_to)
     soup = soup_metrics(trainer, test, os.path.join(scratch, "soup")) if config.num_students > 1 else None
     return {"chosen": results["students"][chosen], "chosen_index": chosen, "ensemble": results["ensemble"], "picks": picks,
-            "soup": soup, "soup_s": time.perf_counter() - began,
+            "soup": soup, "after_s": time.perf_counter() - began,
             "students": results["students"], "teacher_temperature": results["training"]["teacher_temperature"],
             "temperature_fitted": results["training"]["teacher_temperature_fit"] is not None}  # fmt: skip
 
@@ -380,13 +392,21 @@ def run_setting(dataset: str, labels_per_class: int, seed: int, args, methods: s
                     variants.append((name, main_teacher, change, generated))
                 else:
                     variants.append((name, main_teacher, change, None))
+        exported = os.path.join(scratch, "nanonet-export")  # the "nanonet" row's chosen student, for `_teacher`
         for name, teacher, change, extra in variants:
             began = time.perf_counter()
             cap = change.pop("_max_unlabeled", None)
-            result = run_nanonet({**settings, **change}, data, pool(extra, cap), test, teachers[teacher], scratch)
+            if change.pop("_teacher", None) == "nanonet":
+                if not os.path.isdir(exported):  # the "nanonet" row was not asked for: its student is trained here
+                    run_nanonet(settings, data, pool(), test, teachers[teacher], scratch, save_to=exported)
+                teacher, began = "nanonet's chosen student", time.perf_counter()
+                teachers[teacher] = os.path.join(exported, "student")
+            save_to = exported if name == "nanonet" else None
+            result = run_nanonet({**settings, **change}, data, pool(extra, cap), test, teachers[teacher], scratch, save_to)
             fitted = f"teacher temperature fitted: {result['teacher_temperature']:.3g}" if result["temperature_fitted"] else ""
-            # the soup is measured after the cohort: its time is kept out of the cohort's row
-            record(f"{name}: chosen student", result["chosen"], began + result["soup_s"], note=fitted, chosen=result["chosen_index"],
+            # the soup (and the save of a student that a later row learns from) come after the cohort: their time is
+            # kept out of the cohort's row
+            record(f"{name}: chosen student", result["chosen"], began + result["after_s"], note=fitted, chosen=result["chosen_index"],
                    students=[s["accuracy"] for s in result["students"]], teacher_temperature=result["teacher_temperature"],
                    picks=result["picks"])  # fmt: skip
             if result["ensemble"] and len(result["students"]) > 1:
@@ -394,7 +414,7 @@ def run_setting(dataset: str, labels_per_class: int, seed: int, args, methods: s
                                 result["ensemble"]["macro_f1"], runs[-1].wall_s))  # fmt: skip
             if result["soup"]:
                 runs.append(Run(dataset, labels_per_class, seed, f"{name}: soup of the students' weights",
-                                result["soup"]["accuracy"], result["soup"]["macro_f1"], round(runs[-1].wall_s + result["soup_s"], 1)))  # fmt: skip
+                                result["soup"]["accuracy"], result["soup"]["macro_f1"], round(runs[-1].wall_s + result["after_s"], 1)))  # fmt: skip
     return runs
 
 
@@ -542,7 +562,8 @@ def parse_args(argv=None):
         args.setfit_iterations, args.generated, args.distill_teacher = 1, 4, "SetFit MiniLM-L6"
         args.methods = [m for m in args.methods if m not in ("teacher-mpnet", "setfit-mpnet", "llm-teacher")]
         args.other_teachers = ["fine-tuned MiniLM-L6"]
-        args.ablations = [a for a in args.ablations if a in ("nanonet K=2", "nanonet bias-only")]
+        args.ablations = [a for a in args.ablations
+                          if a in ("nanonet K=2", "nanonet bias-only", "nanonet 3-layer student, taught by the 6-layer student")]
         args.ablation_datasets = None
     if args.distill_steps is None:
         args.distill_steps = 2 * nanonet_settings(args)["max_steps"]
