@@ -231,11 +231,11 @@ def soup_metrics(trainer: MutualDistillationTrainer, test: Dataset, scratch: str
     return classification_metrics(logits.argmax(-1), np.asarray(test["label"]), soup.config.num_labels)
 
 
-def run_nanonet(settings: dict, data, unlabeled, test, teacher, scratch: str, save_to: str | None = None) -> dict:
+def run_nanonet(settings: dict, data, unlabeled, test, teacher, scratch: str, export_to: str | None = None) -> dict:
     """Train one cohort through the library's pipeline (raw rows in, the teacher's logits cached inside) and take its
     `results()`: every student, the ensemble (one definition: `cohort_metrics`, the mean of the students'
-    probabilities) and the student the trainer chooses without test labels (`select_student`). With `save_to`, the
-    chosen student is saved there as well (`save_model`: `save_to/student` is a plain classifier)."""
+    probabilities) and the student the trainer chooses without test labels (`select_student`). With `export_to`, the
+    chosen student is exported there as well (`export_student`), and `exported` is its plain classifier's folder."""
     config = MutualDistillationConfig(output_dir=os.path.join(scratch, "cohort"), use_cpu=True, **settings)
     trainer = MutualDistillationTrainer(
         model=MINILM, teacher_model=teacher, args=config, train_dataset=data.labeled, unlabeled_dataset=unlabeled,
@@ -248,11 +248,12 @@ def run_nanonet(settings: dict, data, unlabeled, test, teacher, scratch: str, sa
     results = trainer.results()
     chosen = results["chosen_student"]
     began = time.perf_counter()
-    if save_to is not None:
-        trainer.save_model(save_to)
+    exported = None if export_to is None else export_student(
+        trainer.accelerator.unwrap_model(trainer.model), chosen, export_to, trainer.processing_class
+    ).student_dir
     soup = soup_metrics(trainer, test, os.path.join(scratch, "soup")) if config.num_students > 1 else None
     return {"chosen": results["students"][chosen], "chosen_index": chosen, "ensemble": results["ensemble"], "picks": picks,
-            "soup": soup, "after_s": time.perf_counter() - began,
+            "soup": soup, "after_s": time.perf_counter() - began, "exported": exported,
             "students": results["students"], "teacher_temperature": results["training"]["teacher_temperature"],
             "temperature_fitted": results["training"]["teacher_temperature_fit"] is not None}  # fmt: skip
 
@@ -392,19 +393,21 @@ def run_setting(dataset: str, labels_per_class: int, seed: int, args, methods: s
                     variants.append((name, main_teacher, change, generated))
                 else:
                     variants.append((name, main_teacher, change, None))
-        exported = os.path.join(scratch, "nanonet-export")  # the "nanonet" row's chosen student, for `_teacher`
+        export_to = os.path.join(scratch, "nanonet-export")
+        nanonet_student = None  # the "nanonet" row's chosen student as a plain classifier, for the `_teacher` rows
         for name, teacher, change, extra in variants:
             began = time.perf_counter()
             cap = change.pop("_max_unlabeled", None)
+            teacher_model = teachers[teacher]
             if change.pop("_teacher", None) == "nanonet":
-                if not os.path.isdir(exported):  # the "nanonet" row was not asked for: its student is trained here
-                    run_nanonet(settings, data, pool(), test, teachers[teacher], scratch, save_to=exported)
-                teacher, began = "nanonet's chosen student", time.perf_counter()
-                teachers[teacher] = os.path.join(exported, "student")
-            save_to = exported if name == "nanonet" else None
-            result = run_nanonet({**settings, **change}, data, pool(extra, cap), test, teachers[teacher], scratch, save_to)
+                if nanonet_student is None:  # the "nanonet" row was not asked for: its student is trained here
+                    nanonet_student = run_nanonet(settings, data, pool(), test, teacher_model, scratch, export_to)["exported"]
+                teacher_model, began = nanonet_student, time.perf_counter()
+            result = run_nanonet({**settings, **change}, data, pool(extra, cap), test, teacher_model, scratch,
+                                 export_to if name == "nanonet" else None)  # fmt: skip
+            nanonet_student = result["exported"] or nanonet_student
             fitted = f"teacher temperature fitted: {result['teacher_temperature']:.3g}" if result["temperature_fitted"] else ""
-            # the soup (and the save of a student that a later row learns from) come after the cohort: their time is
+            # the soup (and the export of a student that a later row learns from) come after the cohort: their time is
             # kept out of the cohort's row
             record(f"{name}: chosen student", result["chosen"], began + result["after_s"], note=fitted, chosen=result["chosen_index"],
                    students=[s["accuracy"] for s in result["students"]], teacher_temperature=result["teacher_temperature"],
