@@ -20,7 +20,8 @@ method:
 - ablations of nanonet (with `--teacher`): a cohort of K = 4 (with and without the mutual loss, with and without
   per-student views) and K = 2, the earlier budget (150 steps on 2,000 unlabeled rows), LoRA r=8 on query/value only,
   a 3-layer cut student (the first three layers, every other layer, 1,200 steps, or taught by the exported 6-layer
-  nanonet student instead of the teacher), the teacher's logits as given (`teacher_temperature` 1), an adversarial view, bias-only
+  nanonet student instead of the teacher), a round of self-training (a new student taught by the exported nanonet
+  student, alone or averaged with the teacher), the teacher's logits as given (`teacher_temperature` 1), an adversarial view, bias-only
   students, with LM-generated unlabeled text (SmolLM2-135M), and with embedding distillation (`lambda_embedding` 1
   and 10: the students' sentence embeddings relate the texts as the teacher body's do).
 
@@ -102,6 +103,10 @@ ABLATIONS = {
     # the teacher), whose logits are used as they are (that student already learned from sharpened targets)
     "nanonet 3-layer student, taught by the 6-layer student": {"student_layers": "3", "teacher_temperature": 1.0,
                                                               "_teacher": "nanonet"},
+    # one round of self-training (noisy student, the student's view as the noise): a new student learns the pool as
+    # the exported nanonet student labels it (its logits as they are), or as the mean of the teacher and that student
+    "nanonet, self-training round: taught by its student": {"teacher_temperature": 1.0, "_teacher": "nanonet"},
+    "nanonet, self-training round: taught by the teacher + its student": {"_teacher": "nanonet + teacher"},
     "nanonet − teacher sharpening": {"teacher_temperature": 1.0},
     # the head's input: BERT's (MiniLM's) head reads a pooler that belongs to the frozen base; LoRA on it as well
     "nanonet + LoRA on the pooler": {"lora_target_modules": [*ARCHITECTURES["bert"].lora_targets, "pooler.dense"]},
@@ -399,10 +404,12 @@ def run_setting(dataset: str, labels_per_class: int, seed: int, args, methods: s
             began = time.perf_counter()
             cap = change.pop("_max_unlabeled", None)
             teacher_model = teachers[teacher]
-            if change.pop("_teacher", None) == "nanonet":
+            source = change.pop("_teacher", None)  # a row taught by the "nanonet" row's student (with the teacher)
+            if source is not None:
                 if nanonet_student is None:  # the "nanonet" row was not asked for: its student is trained here
                     nanonet_student = run_nanonet(settings, data, pool(), test, teacher_model, scratch, export_to)["exported"]
-                teacher_model, began = nanonet_student, time.perf_counter()
+                teacher_model = nanonet_student if source == "nanonet" else TeacherEnsemble([teacher_model, nanonet_student])
+                began = time.perf_counter()
             result = run_nanonet({**settings, **change}, data, pool(extra, cap), test, teacher_model, scratch,
                                  export_to if name == "nanonet" else None)  # fmt: skip
             nanonet_student = result["exported"] or nanonet_student
@@ -566,7 +573,8 @@ def parse_args(argv=None):
         args.methods = [m for m in args.methods if m not in ("teacher-mpnet", "setfit-mpnet", "llm-teacher")]
         args.other_teachers = ["fine-tuned MiniLM-L6"]
         args.ablations = [a for a in args.ablations
-                          if a in ("nanonet K=2", "nanonet bias-only", "nanonet 3-layer student, taught by the 6-layer student")]
+                          if a in ("nanonet K=2", "nanonet bias-only", "nanonet 3-layer student, taught by the 6-layer student",
+                                   "nanonet, self-training round: taught by the teacher + its student")]
         args.ablation_datasets = None
     if args.distill_steps is None:
         args.distill_steps = 2 * nanonet_settings(args)["max_steps"]

@@ -28,6 +28,7 @@ def test_accuracy_benchmark_quick_mode_writes_table_json_and_plot(tmp_path):
         "nanonet K=2: soup of the students' weights",
         "nanonet bias-only: chosen student",
         "nanonet 3-layer student, taught by the 6-layer student: chosen student",  # from the nanonet row's export
+        "nanonet, self-training round: taught by the teacher + its student: chosen student",  # a teacher ensemble
     ):
         assert expected in methods, expected
     for run in runs:
