@@ -85,7 +85,8 @@ LLM = "LLM SmolLM2-135M"
 logger = logging.getLogger("benchmarks.accuracy")
 
 # name → changes to the nanonet settings (the recipe's recipes/configs/trec6.yaml); "_max_unlabeled" caps the pool,
-# "_generate" adds LM-generated text to it
+# "_generate" adds LM-generated text to it, "_teacher" replaces the teacher by the "nanonet" row's exported student
+# ("nanonet") or by the mean of the teacher and that student ("nanonet + teacher")
 _FOUR_VIEWS = "cutoff,shuffle,cutoff,dropout"
 ABLATIONS = {
     "nanonet K=4": {"num_students": 4, "student_views": _FOUR_VIEWS},
