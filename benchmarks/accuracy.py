@@ -88,30 +88,39 @@ logger = logging.getLogger("benchmarks.accuracy")
 # "_generate" adds LM-generated text to it, "_teacher" replaces the teacher by the "nanonet" row's exported student
 # ("nanonet") or by the mean of the teacher and that student ("nanonet + teacher")
 _FOUR_VIEWS = "cutoff,shuffle,cutoff,dropout"
+_ONE_SIX = {"num_students": 1, "student_layers": 6}  # one full-depth student: the default before the family
 ABLATIONS = {
-    "nanonet K=4": {"num_students": 4, "student_views": _FOUR_VIEWS},
-    "nanonet K=4 − mutual loss": {"num_students": 4, "student_views": _FOUR_VIEWS, "lambda_mut": 0.0},
-    "nanonet K=4 − views": {"num_students": 4, "student_views": None},
-    "nanonet K=2": {"num_students": 2, "student_views": "cutoff,dropout"},
-    "nanonet 150 steps, 2,000 unlabeled rows": {"max_steps": 150, "_max_unlabeled": 2000},
-    "nanonet LoRA r=8 on query, value": {"lora_r": 8, "lora_alpha": 16, "lora_target_modules": ["query", "value"]},
-    "nanonet 3-layer student": {"student_layers": "3"},
+    # the family (the default: a 6-layer and a 3-layer student in one forward, learning from each other) against each
+    # of its students trained alone with the same teacher, and without the mutual loss; a third, 2-layer student
+    "nanonet 6-layer student alone": _ONE_SIX,
+    "nanonet 3-layer student alone": {"num_students": 1, "student_layers": 3},
+    "nanonet 6+3 − mutual loss": {"lambda_mut": 0.0},
+    "nanonet 6+3+2": {"num_students": 3, "student_layers": [6, 3, 2]},
+    "nanonet 2-layer student alone": {"num_students": 1, "student_layers": 2},
+    "nanonet, teacher temperature 0.25": {"teacher_temperature": 0.25},
+    "nanonet K=4": {"num_students": 4, "student_layers": None, "student_views": _FOUR_VIEWS},
+    "nanonet K=4 − mutual loss": {"num_students": 4, "student_layers": None, "student_views": _FOUR_VIEWS, "lambda_mut": 0.0},
+    "nanonet K=4 − views": {"num_students": 4, "student_layers": None, "student_views": None},
+    "nanonet K=2": {"num_students": 2, "student_layers": None, "student_views": "cutoff,dropout"},
+    "nanonet 150 steps, 2,000 unlabeled rows": {**_ONE_SIX, "max_steps": 150, "_max_unlabeled": 2000},
+    "nanonet LoRA r=8 on query, value": {**_ONE_SIX, "lora_r": 8, "lora_alpha": 16, "lora_target_modules": ["query", "value"]},
+    "nanonet 3-layer student": {"num_students": 1, "student_layers": "3"},
     # which three of the six layers the cut keeps: every other one (DistilBERT's initialisation), or ending at the last
-    "nanonet 3-layer student, layers 0,2,4": {"student_layers": "0,2,4"},
-    "nanonet 3-layer student, layers 1,3,5": {"student_layers": "1,3,5"},
-    "nanonet 3-layer student, 1,200 steps": {"student_layers": "3", "max_steps": 1200},
+    "nanonet 3-layer student, layers 0,2,4": {"num_students": 1, "student_layers": "0,2,4"},
+    "nanonet 3-layer student, layers 1,3,5": {"num_students": 1, "student_layers": "1,3,5"},
+    "nanonet 3-layer student, 1,200 steps": {"num_students": 1, "student_layers": "3", "max_steps": 1200},
     # two stages: the 3-layer student learns from the exported 6-layer nanonet student (an assistant between it and
     # the teacher), whose logits are used as they are (that student already learned from sharpened targets)
-    "nanonet 3-layer student, taught by the 6-layer student": {"student_layers": "3", "teacher_temperature": 1.0,
-                                                              "_teacher": "nanonet"},
+    "nanonet 3-layer student, taught by the 6-layer student": {"num_students": 1, "student_layers": "3",
+                                                              "teacher_temperature": 1.0, "_teacher": "nanonet"},
     # one round of self-training (noisy student, the student's view as the noise): a new student learns the pool as
     # the exported nanonet student labels it (its logits as they are), or as the mean of the teacher and that student
-    "nanonet, self-training round: taught by its student": {"teacher_temperature": 1.0, "_teacher": "nanonet"},
-    "nanonet, self-training round: taught by the teacher + its student": {"_teacher": "nanonet + teacher"},
+    "nanonet, self-training round: taught by its student": {**_ONE_SIX, "teacher_temperature": 1.0, "_teacher": "nanonet"},
+    "nanonet, self-training round: taught by the teacher + its student": {**_ONE_SIX, "_teacher": "nanonet + teacher"},
     "nanonet − teacher sharpening": {"teacher_temperature": 1.0},
     # the head's input: BERT's (MiniLM's) head reads a pooler that belongs to the frozen base; LoRA on it as well
     "nanonet + LoRA on the pooler": {"lora_target_modules": [*ARCHITECTURES["bert"].lora_targets, "pooler.dense"]},
-    # the teacher's temperature from its cross-fitted predictions of the labeled rows, not a fixed 0.25
+    # the teacher's temperature from its cross-fitted predictions of the labeled rows (the default for SetFit)
     "nanonet, teacher temperature fitted": {"teacher_temperature": "fit"},
     "nanonet + adversarial view": {"student_views": "adversarial"},
     "nanonet bias-only": {"adapter_type": "bias", "learning_rate": 1e-2},
@@ -257,9 +266,11 @@ def run_nanonet(settings: dict, data, unlabeled, test, teacher, scratch: str, ex
     exported = None if export_to is None else export_student(
         trainer.accelerator.unwrap_model(trainer.model), chosen, export_to, trainer.processing_class
     ).student_dir
-    soup = soup_metrics(trainer, test, os.path.join(scratch, "soup")) if config.num_students > 1 else None
+    depths = results["cohort"]["depths"]
+    # one weight per tensor needs students of one shape: no soup of students of different depths
+    soup = soup_metrics(trainer, test, os.path.join(scratch, "soup")) if len(depths) > 1 and len(set(depths)) == 1 else None
     return {"chosen": results["students"][chosen], "chosen_index": chosen, "ensemble": results["ensemble"], "picks": picks,
-            "soup": soup, "after_s": time.perf_counter() - began, "exported": exported,
+            "soup": soup, "after_s": time.perf_counter() - began, "exported": exported, "depths": depths,
             "students": results["students"], "teacher_temperature": results["training"]["teacher_temperature"],
             "temperature_fitted": results["training"]["teacher_temperature_fit"] is not None}  # fmt: skip
 
@@ -420,9 +431,16 @@ def run_setting(dataset: str, labels_per_class: int, seed: int, args, methods: s
             record(f"{name}: chosen student", result["chosen"], began + result["after_s"], note=fitted, chosen=result["chosen_index"],
                    students=[s["accuracy"] for s in result["students"]], teacher_temperature=result["teacher_temperature"],
                    picks=result["picks"])  # fmt: skip
+            chosen_wall = runs[-1].wall_s
+            depths = result["depths"]
+            if len(set(depths)) > 1:  # a family: every student, by its depth, beside the chosen one
+                for k, (depth, scores) in enumerate(zip(depths, result["students"])):
+                    label = f"{depth}-layer student" if depths.count(depth) == 1 else f"student {k} ({depth} layers)"
+                    runs.append(Run(dataset, labels_per_class, seed, f"{name}: {label}", scores["accuracy"],
+                                    scores["macro_f1"], chosen_wall, extra={"student": k, "layers": depth}))  # fmt: skip
             if result["ensemble"] and len(result["students"]) > 1:
                 runs.append(Run(dataset, labels_per_class, seed, f"{name}: ensemble", result["ensemble"]["accuracy"],
-                                result["ensemble"]["macro_f1"], runs[-1].wall_s))  # fmt: skip
+                                result["ensemble"]["macro_f1"], chosen_wall))  # fmt: skip
             if result["soup"]:
                 runs.append(Run(dataset, labels_per_class, seed, f"{name}: soup of the students' weights",
                                 result["soup"]["accuracy"], result["soup"]["macro_f1"], round(runs[-1].wall_s + result["after_s"], 1)))  # fmt: skip
@@ -539,8 +557,8 @@ def parse_args(argv=None):
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", default=ALL_METHODS, choices=ALL_METHODS)
     parser.add_argument("--ablations", nargs="+", default=list(ABLATIONS), choices=list(ABLATIONS))
-    parser.add_argument("--teacher", default="SetFit MiniLM-L6", choices=TEACHERS, help="nanonet's teacher (and the ablations')")
-    parser.add_argument("--other_teachers", nargs="*", default=["SetFit MPNet", "fine-tuned MiniLM-L6"], choices=TEACHERS,
+    parser.add_argument("--teacher", default="SetFit MPNet", choices=TEACHERS, help="nanonet's teacher (and the ablations')")
+    parser.add_argument("--other_teachers", nargs="*", default=["SetFit MiniLM-L6", "fine-tuned MiniLM-L6"], choices=TEACHERS,
                         help="also run nanonet with each of these teachers")
     parser.add_argument("--steps", type=int, default=None, help="cohort steps (default: the recipe's max_steps)")
     parser.add_argument("--set", nargs="*", type=_setting, default=None, metavar="KEY=VALUE",
@@ -549,7 +567,8 @@ def parse_args(argv=None):
     parser.add_argument("--max_unlabeled", type=int, default=None, help="cap on the unlabeled pool (default: every row)")
     parser.add_argument("--test_rows", type=int, default=None, help="first N rows of the fixed test split (default all)")
     parser.add_argument("--teacher_epochs", type=float, default=20)
-    parser.add_argument("--setfit_iterations", type=int, default=20)
+    parser.add_argument("--setfit_iterations", type=int, default=None,
+                        help="SetFit teachers' pair iterations (default: the recipe's setfit_iterations)")
     parser.add_argument("--llm_shots", type=int, default=1, help="labeled examples per class in the LLM teacher's prompt")
     parser.add_argument("--generated", type=int, default=200, help="LM-generated texts for the ablation")
     parser.add_argument("--distill_teacher", default="SetFit MPNet", choices=["SetFit MiniLM-L6", "SetFit MPNet"],
@@ -567,10 +586,13 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     args.set = dict(args.set or [])
     args.teacher_lr = {"MiniLM-L6": 3e-4, "MPNet": 1e-4}
-    if args.quick:
+    if args.setfit_iterations is None:
+        args.setfit_iterations = nanonet_settings(args)["setfit_iterations"]
+    if args.quick:  # the MPNet teacher takes minutes: the quick run's teacher is SetFit on MiniLM-L6
         args.datasets, args.labels_per_class, args.seeds = ["trec6"], [10], [0]
         args.steps, args.max_unlabeled, args.test_rows, args.teacher_epochs = 6, 64, 100, 1
         args.setfit_iterations, args.generated, args.distill_teacher = 1, 4, "SetFit MiniLM-L6"
+        args.teacher = "SetFit MiniLM-L6"
         args.methods = [m for m in args.methods if m not in ("teacher-mpnet", "setfit-mpnet", "llm-teacher")]
         args.other_teachers = ["fine-tuned MiniLM-L6"]
         args.ablations = [a for a in args.ablations

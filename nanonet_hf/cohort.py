@@ -1,11 +1,13 @@
 """A cohort of K students on ONE frozen base: build it, run every student in one forward, export its base.
 
 Each student is an adapter (LoRA, named `student_0` … `student_{K-1}`, or bias offsets) with its own copy of the
-classification head (PEFT's `modules_to_save`). Adapters may sit on the top layers only (`adapter_layers`); the
-layers below the first adapted layer are then a shared trunk. A forward runs the embeddings and the trunk ONCE on the
-batch (nothing there requires grad, so autograd records nothing), repeats what the adapted layers need K times,
-student-major, and routes row block k through adapter k and head k ([`nanonet_hf.routing`]). What differs between
-architectures (where the layers are, the head, the positions) is one table, [`nanonet_hf.architectures`].
+classification head (PEFT's `modules_to_save`) and its own layers of the base: students may differ in depth
+([`nanonet_hf.layer_plan`]). Adapters may sit on the top layers only (`adapter_layers`); the layers below the first
+adapted layer (and below the first layer some student skips) are then a shared trunk. A forward runs the embeddings
+and the trunk ONCE on the batch (nothing there requires grad, so autograd records nothing), repeats what the layers
+above need K times, student-major, sends each student's row block through its own layers only, and routes block k
+through adapter k and head k ([`nanonet_hf.routing`]). What differs between architectures (where the layers are, the
+head, the positions) is one table, [`nanonet_hf.architectures`].
 """
 
 import contextlib
@@ -21,11 +23,12 @@ from peft.tuners.lora import LoraLayer
 from peft.utils.constants import DUMMY_TARGET_MODULES
 from peft.utils.other import AuxiliaryTrainingWrapper
 from torch import nn
-from transformers import AutoConfig, AutoModelForSequenceClassification, PretrainedConfig, PreTrainedModel
+from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel
 
 from .architectures import Architecture, architecture_of
 from .bias_students import StudentBiases
 from .inference import mean_pool
+from .layer_plan import LayerPlan, encoder_layers, keep_layers, plan_layers, select_layers
 from .routing import CohortRouter, plain_state_dict
 from .views import StudentViews
 
@@ -39,93 +42,6 @@ def student_name(index: int) -> str:
     return f"{STUDENT_PREFIX}{index}"
 
 
-def parse_student_layers(
-    value: int | str | Sequence[int] | None, name: str = "student_layers"
-) -> int | list[int] | None:
-    """Read a layer choice (`student_layers`, `adapter_layers`) from a config: `None`, a count (`4` or `"4"`) or
-    indices (`[0, 2, 4]` or `"0,2,4"`)."""
-    if value is None or isinstance(value, int):
-        return value
-    if isinstance(value, str):
-        parts = [part.strip() for part in value.replace(" ", ",").split(",") if part.strip()]
-        try:
-            numbers = [int(part) for part in parts]
-        except ValueError:
-            raise ValueError(
-                f"{name} must be a layer count like '3' or layer indices like '0,2,4', got {value!r}"
-            ) from None
-        return numbers[0] if len(numbers) == 1 and "," not in value else numbers
-    return [int(index) for index in value]
-
-
-def encoder_layers(model: PreTrainedModel) -> nn.ModuleList:
-    """The `nn.ModuleList` of a classification model's encoder layers, where the architecture table says they are."""
-    architecture = architecture_of(model.config)
-    layers = model.get_submodule(architecture.layers)
-    if not isinstance(layers, nn.ModuleList):
-        raise ValueError(f"{architecture.layers} of {type(model).__name__} is not the list of encoder layers.")
-    return layers
-
-
-def select_layers(
-    num_layers: int, student_layers: int | Sequence[int] | None, architecture: Architecture | None = None
-) -> list[int]:
-    """Indices of the layers to keep out of `num_layers`: a count N keeps the first N, a list keeps those."""
-    if student_layers is None:
-        return list(range(num_layers))
-    if isinstance(student_layers, int):
-        if not 1 <= student_layers <= num_layers:
-            raise ValueError(f"student_layers={student_layers} must be between 1 and the base's {num_layers} layers")
-        return list(range(student_layers))
-    kept = _check_layer_indices("student_layers", student_layers, num_layers, f"the base has {num_layers} layers")
-    if architecture is not None and architecture.first_layer_fixed and kept[0] != 0:
-        raise ValueError(
-            f"student_layers={kept} drops layer 0, which {architecture.name} builds differently from the others (no "
-            "attention LayerNorm): a cut base must keep it, or its export would reload another model."
-        )
-    return kept
-
-
-def select_adapter_layers(num_layers: int, adapter_layers: int | Sequence[int] | None) -> list[int]:
-    """Indices (in the cut base) of the layers that get adapters: a count N means the top N layers, a list those."""
-    if adapter_layers is None:
-        return list(range(num_layers))
-    if isinstance(adapter_layers, int):
-        if not 1 <= adapter_layers <= num_layers:
-            raise ValueError(
-                f"adapter_layers={adapter_layers} must be between 1 and the student's {num_layers} layers"
-            )
-        return list(range(num_layers - adapter_layers, num_layers))
-    return _check_layer_indices(
-        "adapter_layers", adapter_layers, num_layers, f"the student has {num_layers} layers after student_layers"
-    )
-
-
-def _check_layer_indices(name: str, indices: Sequence[int], num_layers: int, context: str) -> list[int]:
-    """`indices` as a list, or a ValueError naming the option `name` unless they are distinct, increasing and in
-    0..num_layers−1."""
-    chosen = list(indices)
-    bad = [index for index in chosen if not 0 <= index < num_layers]
-    if not chosen or bad or len(set(chosen)) != len(chosen) or chosen != sorted(chosen):
-        raise ValueError(
-            f"{name}={chosen} must be distinct increasing layer indices in 0..{num_layers - 1} ({context})"
-        )
-    return chosen
-
-
-def keep_layers(model: PreTrainedModel, kept: Sequence[int]) -> None:
-    """Cut `model` in place to the encoder layers `kept` (indices from `select_layers`), and the config's per-layer
-    settings with them (`layer_types` and the like), so that the cut model saves and reloads as itself."""
-    layers = encoder_layers(model)
-    if len(kept) < len(layers):
-        kept_modules = [layers[index] for index in kept]
-        del layers[:]
-        layers.extend(kept_modules)
-        for name in architecture_of(model.config).layer_config:
-            setattr(model.config, name, [getattr(model.config, name)[index] for index in kept])
-        model.config.num_hidden_layers = len(kept)
-
-
 class LoadedBase(NamedTuple):
     model: PreTrainedModel
     kept: list[int]  # the base layers kept
@@ -136,10 +52,10 @@ def load_base(
     model_name_or_path: str | os.PathLike,
     *,
     id2label: dict[int, str],
-    student_layers: int | Sequence[int] | None = None,
+    layers: Sequence[int] | None = None,
     seed: int = 0,
 ) -> LoadedBase:
-    """Load a sequence classifier with the label space `id2label`, cut to `student_layers`.
+    """Load a sequence classifier with the label space `id2label`, cut to the base layers `layers` (all by default).
 
     Weights the checkpoint lacks (the head; a pooler, when the checkpoint is a masked-LM or a bare encoder) are drawn
     from `seed`, so the same call gives the same model. Only safetensors weights are loaded (`use_safetensors=True`),
@@ -153,8 +69,8 @@ def load_base(
         label2id={name: index for index, name in id2label.items()},
     )
     # before loading weights: an unsupported architecture or a bad cut fails here
-    architecture = architecture_of(config) if student_layers is not None else None
-    kept = select_layers(config.num_hidden_layers, parse_student_layers(student_layers), architecture)
+    architecture = architecture_of(config) if layers is not None else None
+    kept = select_layers(config.num_hidden_layers, None if layers is None else list(layers), architecture)
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -178,41 +94,32 @@ def load_base(
     return LoadedBase(model, kept, new_weights)
 
 
-def plan_cut(
-    config: PretrainedConfig, student_layers, adapter_layers
-) -> tuple[Architecture, list[int], list[int]]:
-    """`(architecture, kept layers, adapted layers)` of a base from its config alone; raises for an unsupported
-    architecture or a cut it cannot take, before any weight is loaded."""
-    architecture = architecture_of(config)
-    kept = select_layers(config.num_hidden_layers, parse_student_layers(student_layers), architecture)
-    adapted = select_adapter_layers(len(kept), parse_student_layers(adapter_layers, "adapter_layers"))
-    return architecture, kept, adapted
-
-
 def check_base(model_name_or_path: str, args) -> Architecture:
-    """Read the base's config only and raise, before any weight is loaded, for an unsupported architecture or a cut
-    (`args.student_layers`, `args.adapter_layers`) it cannot take. `args`: a [`MutualDistillationConfig`]."""
+    """Read the base's config only and raise, before any weight is loaded, for an unsupported architecture or a layer
+    plan (`args.student_layers`, `args.adapter_layers`, `args.num_students`) it cannot take. `args`: a
+    [`MutualDistillationConfig`]."""
     config = AutoConfig.from_pretrained(model_name_or_path)
-    return plan_cut(config, args.student_layers, args.adapter_layers)[0]
+    return plan_layers(config, args.student_layers, args.adapter_layers, args.num_students)[0]
 
 
 def check_cohort_matches(cohort: "StudentCohort", args) -> None:
-    """Raise unless a hand-built cohort is the one `args` describes (K, kept layers, adapted layers, adapter type):
-    the config is the single source of truth of the run, and its card reports the config's values."""
+    """Raise unless a hand-built cohort is the one `args` describes (K, each student's layers and adapted layers,
+    adapter type): the config is the single source of truth of the run, and its card reports the config's values."""
     problems = []
     if cohort.num_students != args.num_students:
         problems.append(f"num_students: the cohort has {cohort.num_students}, args say {args.num_students}")
     if cohort.adapter_type != args.adapter_type:
         problems.append(f"adapter_type: the cohort's is {cohort.adapter_type!r}, args say {args.adapter_type!r}")
-    total = AutoConfig.from_pretrained(cohort.base_model_name_or_path).num_hidden_layers
-    kept = select_layers(total, parse_student_layers(args.student_layers), cohort.architecture)
-    if kept != cohort.student_layers:
-        problems.append(f"student_layers: the cohort keeps layers {cohort.student_layers}, args give {kept}")
-    elif args.adapter_layers is not None:
-        adapted = select_adapter_layers(len(kept), parse_student_layers(args.adapter_layers, "adapter_layers"))
-        if cohort.shared_layers != adapted[0]:
+    if not problems:
+        config = AutoConfig.from_pretrained(cohort.base_model_name_or_path)
+        plan = plan_layers(config, args.student_layers, args.adapter_layers, args.num_students)[1]
+        if plan.students != cohort.plan.students:
             problems.append(
-                f"adapter_layers: the cohort's first adapted layer is {cohort.shared_layers}, args give {adapted}"
+                f"student_layers: the cohort's students keep layers {cohort.plan.students}, args give {plan.students}"
+            )
+        elif args.adapter_layers is not None and plan.adapted != cohort.plan.adapted:
+            problems.append(
+                f"adapter_layers: the cohort's students adapt positions {cohort.plan.adapted}, args give {plan.adapted}"
             )
     if problems:
         raise ValueError(
@@ -243,10 +150,12 @@ class StudentCohort(nn.Module):
     [`nanonet_hf.architectures.ARCHITECTURES`].
 
     Args:
-        peft_model (`PeftModel`): a sequence-classification PEFT model holding adapters `student_0` … `student_{K-1}`.
+        peft_model (`PeftModel`): a sequence-classification PEFT model holding adapters `student_0` … `student_{K-1}`,
+            on a base cut to `plan.kept`.
         base_model_name_or_path (`str`): where the base was loaded from, for model cards.
-        student_layers (`list[int]`): indices of the base layers the students keep.
-        bias_layers (`list[int]`, *optional*): for bias-only students, the layers whose biases they train.
+        plan ([`LayerPlan`]): the layers each student keeps and adapts.
+        adapter_type (`str`, *optional*, defaults to `"lora"`): `"bias"` for bias-only students, which train offsets
+            to the biases of their adapted layers ([`StudentBiases`]).
         new_weights (`list[str]`, *optional*): weights of the frozen base that its checkpoint did not hold (drawn at
             load, e.g. a pooler), for the record.
     """
@@ -256,15 +165,15 @@ class StudentCohort(nn.Module):
         peft_model: PeftModel,
         *,
         base_model_name_or_path: str,
-        student_layers: list[int],
-        bias_layers: list[int] | None = None,
+        plan: LayerPlan,
+        adapter_type: str = "lora",
         new_weights: Sequence[str] = (),
     ):
         super().__init__()
         self.peft_model = peft_model
         self.architecture = architecture_of(self.config)
         self.base_model_name_or_path = str(base_model_name_or_path)
-        self.student_layers = list(student_layers)
+        self.plan = plan
         self.new_weights = list(new_weights)
         self.student_names = sorted(
             (name for name in peft_model.peft_config if name.startswith(STUDENT_PREFIX)),
@@ -272,21 +181,28 @@ class StudentCohort(nn.Module):
         )
         if not self.student_names:
             raise ValueError(f"The PEFT model has no adapters named {STUDENT_PREFIX}0, {STUDENT_PREFIX}1, ...")
+        if len(self.student_names) != plan.num_students:
+            raise ValueError(f"The PEFT model has {len(self.student_names)} students, the layer plan {plan.num_students}.")
         for name in self.student_names:
             check_adapter_config(peft_model.peft_config[name])
         self.teacher: PreTrainedModel | None = None  # an online teacher (`attach_teacher`)
         layers = encoder_layers(peft_model.get_base_model())
+        if len(layers) != len(plan.kept):
+            raise ValueError(f"The base has {len(layers)} layers, but the layer plan keeps {len(plan.kept)}: {plan.kept}.")
         # bias-only students: per-student offsets of the adapted layers' biases (a submodule, so they train and save)
         self.student_biases = None
-        self.adapter_type = "lora"
-        self.shared_layers = _shared_trunk_depth(peft_model, layers, self.architecture)
-        if bias_layers is not None:
-            self.student_biases = StudentBiases(layers, bias_layers, len(self.student_names))
-            self.adapter_type = "bias"
-            self.shared_layers = bias_layers[0]
+        self.adapter_type = adapter_type
+        if adapter_type == "bias":
+            self.student_biases = StudentBiases(layers, plan.adapted)
+            trunk = min(adapted[0] for adapted in plan.adapted)
+        else:
+            trunk = _shared_trunk_depth(peft_model, layers, self.architecture)
+        # the trunk also ends where some student leaves the stack or skips a layer
+        self.shared_layers = None if trunk is None else min(trunk, plan.first_split)
         self.router = CohortRouter(
-            peft_model, self.architecture, self.student_names, layers, self.shared_layers, self.student_biases
-        )
+            peft_model, self.architecture, self.student_names, layers, self.shared_layers, self.student_biases,
+            present=plan.present(),
+        )  # fmt: skip
 
     @classmethod
     def from_pretrained(
@@ -295,8 +211,8 @@ class StudentCohort(nn.Module):
         *,
         id2label: dict[int, str],
         num_students: int = 4,
-        student_layers: int | Sequence[int] | None = None,
-        adapter_layers: int | Sequence[int] | None = None,
+        student_layers=None,
+        adapter_layers: int | str | Sequence[int] | None = None,
         lora_config: LoraConfig | None = None,
         adapter_type: str = "lora",
         seed: int = 0,
@@ -316,12 +232,15 @@ class StudentCohort(nn.Module):
                 architecture ([`nanonet_hf.architectures`]): a sequence-classification, masked-LM or bare checkpoint.
             id2label (`dict[int, str]`): the label space.
             num_students (`int`, *optional*, defaults to `4`): K, at least 1.
-            student_layers (`int` or `list[int]`, *optional*): keep the first N layers, or these layer indices.
-            adapter_layers (`int` or `list[int]`, *optional*): put adapters on the top N layers of the (cut) base, or
-                on these indices of it; the layers below the first adapted one form a trunk that runs once for all
+            student_layers (`int`, `str` or `list`, *optional*): the layers each student keeps: one entry per student
+                (a depth N, the first N layers, or layer indices), or one entry every student takes
+                ([`nanonet_hf.layer_plan`]); `[6, 3]` gives a 6-layer and a 3-layer student. Defaults to all layers.
+            adapter_layers (`int` or `list[int]`, *optional*): put adapters on each student's top N layers, or on these
+                indices of the cut base; the layers below the first adapted one form a trunk that runs once for all
                 students. Defaults to every layer.
             lora_config (`LoraConfig`, *optional*): adapter settings shared by all students; defaults to
-                `LoraConfig(r=8, lora_alpha=16)` on the architecture's query and value projections.
+                `LoraConfig(r=8, lora_alpha=16)` on every linear layer of the encoder layers (the architecture table's
+                targets).
             adapter_type (`str`, *optional*, defaults to `"lora"`): `"lora"`, or `"bias"` for bias-only students
                 (BitFit): each trains an offset to every bias of the adapted layers, plus its head
                 ([`StudentBiases`]); `lora_config` is then not used.
@@ -332,8 +251,8 @@ class StudentCohort(nn.Module):
             raise ValueError(f"num_students must be at least 1, got {num_students}")
         if adapter_type not in ADAPTER_TYPES:
             raise ValueError(f"adapter_type must be one of {list(ADAPTER_TYPES)}, got {adapter_type!r}")
-        # an unsupported base, or a bad cut, fails before loading any weight
-        architecture, kept, adapted = plan_cut(AutoConfig.from_pretrained(model_name_or_path), student_layers, adapter_layers)
+        # an unsupported base, or a layer plan it cannot take, fails before loading any weight
+        architecture, plan = plan_layers(AutoConfig.from_pretrained(model_name_or_path), student_layers, adapter_layers, num_students)
         if adapter_type == "bias":  # PEFT keeps the per-student heads; the config targets no module
             lora_config = LoraConfig(target_modules=DUMMY_TARGET_MODULES)
         lora_config = copy.deepcopy(lora_config) if lora_config is not None else LoraConfig(r=8, lora_alpha=16)
@@ -342,7 +261,17 @@ class StudentCohort(nn.Module):
         if lora_config.target_modules is None:  # PEFT has no default for several of the supported architectures
             lora_config.target_modules = list(architecture.lora_targets)
         lora_config.modules_to_save = sorted({*(lora_config.modules_to_save or []), *architecture.head})
-        base, kept, new_weights = load_base(model_name_or_path, id2label=id2label, student_layers=kept, seed=seed)
+        # each student's own LoRA layers (PEFT's layers_to_transform) where it adapts fewer than the cut base's
+        configs = [lora_config] * num_students
+        if adapter_type == "lora" and any(len(adapted) < len(plan.kept) for adapted in plan.adapted):
+            if lora_config.layers_to_transform is not None:
+                raise ValueError(
+                    "Give either adapter_layers (or students of different layers, student_layers) or "
+                    "LoraConfig.layers_to_transform, not both."
+                )
+            configs = [_on_layers(lora_config, adapted, architecture) if len(adapted) < len(plan.kept) else lora_config
+                       for adapted in plan.adapted]  # fmt: skip
+        base, _, new_weights = load_base(model_name_or_path, id2label=id2label, layers=plan.kept, seed=seed)
         drawn = [key for key in new_weights if not key.startswith(tuple(f"{head}." for head in architecture.head))]
         if drawn:
             logger.warning(
@@ -350,11 +279,6 @@ class StudentCohort(nn.Module):
                 "frozen, and every export saves them as they are, so the exported student gives the logits of the "
                 "student that was evaluated.", model_name_or_path, len(drawn), ", ".join(drawn), seed,
             )  # fmt: skip
-        if len(adapted) < len(kept) and adapter_type == "lora":
-            if lora_config.layers_to_transform is not None:
-                raise ValueError("Give either adapter_layers or LoraConfig.layers_to_transform, not both.")
-            lora_config.layers_to_transform = adapted
-            lora_config.layers_pattern = architecture.layers.rsplit(".", 1)[-1]
         base.requires_grad_(False)
 
         names = [student_name(k) for k in range(num_students)]
@@ -363,21 +287,19 @@ class StudentCohort(nn.Module):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed + k)
                 if peft_model is None:
-                    peft_model = get_peft_model(base, lora_config, adapter_name=name)
+                    peft_model = get_peft_model(base, configs[k], adapter_name=name)
                 else:
-                    peft_model.add_adapter(name, lora_config)
+                    peft_model.add_adapter(name, configs[k])
                 _reset_classifier(peft_model, name, std=getattr(base.config, "initializer_range", 0.02))
         _check_heads(peft_model, architecture, names[0])
         if adapter_type == "lora":
-            _check_targets_found(peft_model, lora_config)
+            for name, config in zip(names, configs):
+                _check_targets_found(peft_model, config, name)
         peft_model.set_requires_grad(names, True)
         return cls(
-            peft_model,
-            base_model_name_or_path=str(model_name_or_path),
-            student_layers=kept,
-            bias_layers=adapted if adapter_type == "bias" else None,
+            peft_model, base_model_name_or_path=str(model_name_or_path), plan=plan, adapter_type=adapter_type,
             new_weights=drawn,
-        )
+        )  # fmt: skip
 
     # ---- properties ----
 
@@ -389,6 +311,16 @@ class StudentCohort(nn.Module):
     def label_names(self) -> list[str]:
         """The label space, in class-id order (`config.id2label`)."""
         return [self.config.id2label[i] for i in range(self.config.num_labels)]
+
+    @property
+    def student_layers(self) -> list[list[int]]:
+        """Per student, the base's layers it keeps."""
+        return [list(layers) for layers in self.plan.students]
+
+    @property
+    def depths(self) -> list[int]:
+        """Per student, how many layers it keeps."""
+        return self.plan.depths
 
     def attach_teacher(self, teacher: PreTrainedModel) -> None:
         """Make `teacher` an online teacher (PS-Net) that trains with the students: a sequence classifier on the same
@@ -495,15 +427,27 @@ class StudentCohort(nn.Module):
 
     @contextlib.contextmanager
     def single_student(self, name: str):
-        """Make `name` the active adapter of `peft_model` for a plain forward, restoring the previous one after."""
+        """Make `name` the active adapter of `peft_model` for a plain forward of that student alone, restoring the
+        previous one after. A student that keeps fewer layers than the cut base gets a model of its own layers: the
+        layer list (and the config's per-layer settings) are cut to them inside, and restored after."""
         self.release_routing()
         previous = self.peft_model.active_adapter
         self.peft_model.base_model.set_adapter(name)
+        k = self.student_names.index(name)
         if self.student_biases is not None:
-            self.student_biases.rows = self.student_names.index(name)
+            self.student_biases.rows = k
+        model = self.peft_model.get_base_model()
+        layers, config = encoder_layers(model), model.config
+        everything = list(layers)
+        settings = {key: getattr(config, key) for key in ("num_hidden_layers", *self.architecture.layer_config)}
+        keep_layers(model, self.plan.positions[k])
         try:
             yield self.peft_model
         finally:
+            del layers[:]
+            layers.extend(everything)
+            for key, value in settings.items():
+                setattr(config, key, value)
             if self.student_biases is not None:
                 self.student_biases.rows = None
             self.peft_model.base_model.set_adapter(previous)
@@ -514,12 +458,15 @@ class StudentCohort(nn.Module):
         """Student `name`'s copy of each head module (PEFT `modules_to_save`), by its path in the base model."""
         return _student_heads(self.peft_model, name)
 
-    def frozen_base(self) -> PreTrainedModel:
+    def frozen_base(self, student: int | None = None) -> PreTrainedModel:
         """A plain classification model of the (cut) config holding the cohort's frozen base weights (including any
-        drawn at load), with the base's own head: what the students' adapters apply to."""
+        drawn at load), with the base's own head: what the students' adapters apply to. With `student`, cut further
+        to that student's own layers."""
         model = AutoModelForSequenceClassification.from_config(copy.deepcopy(self.config))
         model.load_state_dict(plain_state_dict(self.peft_model), strict=True)
         model.config.architectures = [type(model).__name__]
+        if student is not None:
+            keep_layers(model, self.plan.positions[student])
         return model.eval()
 
     # ---- activation (gradient) checkpointing, called by Trainer when `activation_checkpointing=True` ----
@@ -558,11 +505,20 @@ class StudentCohort(nn.Module):
             )
         self.load_state_dict(state_dict, strict=False)
 
-    def num_trainable_parameters(self, per_student: bool = False) -> int:
-        """Trainable parameters of the students (an online teacher's are not counted)."""
+    def num_trainable_parameters(self, per_student: bool = False) -> int | list[int]:
+        """Trainable parameters of the students (an online teacher's are not counted); with `per_student`, a list with
+        each student's own (its LoRA weights and head, or its bias offsets and head)."""
         students = [self.peft_model] + ([self.student_biases] if self.student_biases is not None else [])
-        total = sum(param.numel() for module in students for param in module.parameters() if param.requires_grad)
-        return total // self.num_students if per_student else total
+        if not per_student:
+            return sum(param.numel() for module in students for param in module.parameters() if param.requires_grad)
+        counts = []
+        for k, name in enumerate(self.student_names):
+            own = sum(
+                param.numel() for key, param in self.peft_model.named_parameters()
+                if param.requires_grad and f".{name}." in f".{key}."
+            )  # fmt: skip
+            counts.append(own + (self.student_biases.num_parameters(k) if self.student_biases is not None else 0))
+        return counts
 
 
 def _repeat_rows(tensor: torch.Tensor, copies: int) -> torch.Tensor:
@@ -593,15 +549,27 @@ def _student_heads(peft_model: PeftModel, adapter_name: str) -> dict[str, nn.Mod
     }
 
 
-def _check_targets_found(peft_model: PeftModel, lora_config: LoraConfig) -> None:
+def _on_layers(lora_config: LoraConfig, adapted: list[int], architecture: Architecture) -> LoraConfig:
+    """`lora_config` with LoRA on the encoder layers at positions `adapted` only (PEFT's `layers_to_transform`)."""
+    config = copy.deepcopy(lora_config)
+    config.layers_to_transform = list(adapted)
+    config.layers_pattern = architecture.layers.rsplit(".", 1)[-1]
+    return config
+
+
+def _check_targets_found(peft_model: PeftModel, lora_config: LoraConfig, adapter_name: str) -> None:
     """Every name in `target_modules` got LoRA somewhere. PEFT only asks that some name match, and with
     `layers_to_transform` (`adapter_layers`) it drops, without a word, a target outside the numbered encoder layers."""
     if isinstance(lora_config.target_modules, str):  # a regex: PEFT's own check
         return
-    adapted = [name for name, module in peft_model.get_base_model().named_modules() if isinstance(module, LoraLayer)]
+    adapted = [
+        name for name, module in peft_model.get_base_model().named_modules()
+        if isinstance(module, LoraLayer) and any(adapter_name in getattr(module, part) for part in module.adapter_layer_names)
+    ]  # fmt: skip
     missing = [t for t in sorted(lora_config.target_modules) if not any(n == t or n.endswith(f".{t}") for n in adapted)]
     if missing:
-        where = (f" with adapter_layers (LoRA on encoder layers {list(lora_config.layers_to_transform)} only)"
+        where = (f" with adapter_layers or student_layers ({adapter_name}'s LoRA on encoder layers "
+                 f"{list(lora_config.layers_to_transform)} only)"
                  if lora_config.layers_to_transform is not None else "")  # fmt: skip
         raise ValueError(f"LoRA target(s) {missing} match no module of the model{where}; check lora_target_modules.")
 

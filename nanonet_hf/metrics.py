@@ -98,12 +98,44 @@ def results_table(results: dict) -> str:
     lines.append(_row("teacher", results["teacher"]))
     for name, metrics in (results.get("teachers") or {}).items():  # an ensemble's members
         lines.append(_row(f"  {name[:26]}", metrics))
-    lines.append(_row("supervised-only student", results.get("supervised_only")))
+    depths = results["cohort"].get("depths") or []
+    baseline = results.get("supervised_only")
+    layers = f", {baseline['layers']} layers" if baseline and "layers" in baseline and len(set(depths)) > 1 else ""
+    lines.append(_row(f"supervised-only student{layers}", baseline))
     for k, metrics in enumerate(results["students"] or []):
+        layers = f", {depths[k]} layers" if len(set(depths)) > 1 else ""
         mark = " (exported)" if k == results["chosen_student"] else ""
-        lines.append(_row(f"student {k}{mark}", metrics))
+        lines.append(_row(f"student {k}{layers}{mark}", metrics))
     if len(results["students"] or []) > 1:  # one student is its own ensemble
         lines.append(_row("ensemble of students", results["ensemble"]))
+    return "\n".join(lines)
+
+
+def family_table(results: dict) -> str | None:
+    """The exported students beside the teacher (`results["family"]`): layers, parameters, accuracy, and their speed
+    on the run's CPU with the speed-up over the teacher at batch 32, as a Markdown table; `None` when absent."""
+    family = results.get("family")
+    if not family:
+        return None
+    teacher = next((row for row in family if row.get("teacher")), None)
+    timed = "batch_32_ms" in family[0]
+    head = "| model | layers | parameters | accuracy | macro-F1 |" + (" batch 1 ms | batch 32 ms | texts/s | vs teacher |" if timed else "")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for row in family:
+        cells = [
+            row["name"] + (" (exported)" if row.get("student") == results["chosen_student"] and not row.get("teacher") else ""),
+            str(row["layers"]) if row.get("layers") is not None else "–",
+            f"{row['parameters'] / 1e6:.1f}M" if row.get("parameters") else "–",
+            f"{100 * row['accuracy']:.2f}%" if row.get("accuracy") is not None else "–",
+            f"{100 * row['macro_f1']:.2f}%" if row.get("macro_f1") is not None else "–",
+        ]
+        if timed:
+            speedup = teacher["batch_32_ms"] / row["batch_32_ms"] if teacher else None
+            cells += [f"{row['batch_1_ms']:.1f}", f"{row['batch_32_ms']:.1f}", f"{row['texts_per_s']:.0f}",
+                      f"{speedup:.1f}x" if speedup else "–"]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    if timed:
+        lines.append(f"\nTimed on {family[0]['measured_on']}, tokenization included (median of the timed calls).")
     return "\n".join(lines)
 
 

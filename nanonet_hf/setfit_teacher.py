@@ -95,6 +95,18 @@ class SetFitTeacher:
         ordered[:, [int(c) for c in self.model.model_head.classes_]] = probabilities
         return np.log(np.clip(ordered, 1e-12, 1.0)).astype(np.float32)
 
+    def predictor(self):
+        """A function of a list of texts that labels them as this teacher does, for timing it: its `logits` once it is
+        trained, else (its logits came from the cache, so it never trained in this process) the untrained body's
+        encoding, which costs the same: training changes the weights, not the computation, and the logistic head's
+        share is negligible. Nothing is trained for a timing."""
+        if self._model is not None:
+            return lambda texts: self.logits(list(texts))
+        from setfit import SetFitModel
+
+        body = SetFitModel.from_pretrained(self.body_name_or_path)
+        return lambda texts: body.encode(list(texts), batch_size=len(texts))
+
     def embeddings(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         """`[N, D]` sentence embeddings from the trained body (embedding distillation: `lambda_embedding`); those
         `logits()` already computed (with `remember_embeddings`) are not encoded again."""

@@ -7,6 +7,7 @@ Publish the student of a finished `recipes/train.py` run, with its generated mod
 
     python recipes/push.py --run_dir runs/trec6 --repo_id me/trec6-minilm-student
     python recipes/push.py --run_dir runs/trec6 --repo_id me/trec6-minilm-student --space_repo_id me/trec6-demo
+    python recipes/push.py --run_dir runs/trec6 --repo_id me/trec6-minilm --family --space_repo_id me/trec6-demo  # every student
     python recipes/push.py --run_dir runs/trec6 --repo_id me/trec6-minilm-student --dry_run_dir staged/  # sends nothing
 
 The token comes from --token, else HF_TOKEN, else `hf auth login`; it is never written to a file or printed.
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from transformers import HfArgumentParser
 
 from nanonet_hf.hub import PushError, push_space, push_student, write_space
+from nanonet_hf.hub.push import family_repo_id
 from nanonet_hf.hub.card import read_results
 
 
@@ -43,6 +45,11 @@ class PushArguments:
     dry_run_dir: str | None = field(
         default=None, metadata={"help": "Write what would be uploaded to DIR/{repo_id}/ (and DIR/{space_repo_id}/); send nothing."}
     )
+    family: bool = field(
+        default=False,
+        metadata={"help": "Also push every other student of the run (students/) to REPO_ID-student-K; the Space then "
+                  "lets the user pick the student."},
+    )
     space_repo_id: str | None = field(default=None, metadata={"help": "Also write and push a Gradio Space demo there."})
     space_title: str | None = field(default=None, metadata={"help": "Title of the Space; default the model's name."})
 
@@ -62,6 +69,7 @@ def main(args: PushArguments) -> int:
             adapter_repo_id=args.adapter_repo_id,
             base_repo_id=args.base_repo_id,
             dry_run_dir=args.dry_run_dir,
+            family=args.family,
         )
         if args.dry_run_dir is not None:
             for repo_id, folder in result.staged.items():
@@ -70,9 +78,18 @@ def main(args: PushArguments) -> int:
             print(f"Model: {result.pr_url or result.commit_url}")
             if result.adapter_commit_url:
                 print(f"Adapter: {result.adapter_commit_url}\nBase: {result.base_commit_url}")
+            for repo_id, url in result.family_commit_urls.items():
+                print(f"Student: {url}")
 
         if args.space_repo_id:
-            space = {"title": args.space_title, "examples": read_results(args.run_dir).get("examples", []), "license": args.license}
+            results = read_results(args.run_dir)
+            space = {"title": args.space_title, "examples": results.get("examples", []), "license": args.license}
+            if args.family:  # the chosen student at REPO_ID, the others beside it
+                depths, chosen = results["cohort"]["depths"], results["chosen_student"]
+                space["models"] = {
+                    f"student {k} ({depth} layers)": args.repo_id if k == chosen else family_repo_id(args.repo_id, k)
+                    for k, depth in enumerate(depths)
+                }  # fmt: skip
             if args.dry_run_dir is not None:
                 space_dir = write_space(os.path.join(args.dry_run_dir, *args.space_repo_id.split("/")), args.repo_id, **space)
                 print(f"Would upload to the Space {args.space_repo_id}: {space_dir}")

@@ -16,6 +16,7 @@ from peft import AutoPeftModelForSequenceClassification, LoraConfig
 from transformers import AlbertConfig, AlbertForSequenceClassification, AutoModelForSequenceClassification, GPT2Config
 
 from nanonet_hf import MutualDistillationTrainer, StudentCohort, export_student
+from nanonet_hf.export import export_family
 from nanonet_hf.architectures import ARCHITECTURES
 from nanonet_hf.data import sample_per_class, tokenize, training_dataset
 from nanonet_hf.views import StudentViews, make_student_views
@@ -27,8 +28,16 @@ from .tiny_models import KINDS, TINY, save_tiny, tiny_tokenizer
 ID2LABEL = dict(enumerate(LABELS))
 TEXTS = ["the team score a goal today", "spicy pasta", "new laptop chip and code for the cloud server"]
 CASES = [(name, kind) for name in TINY for kind in KINDS]
-# where the adapters sit: every layer; the top layer only (a trunk of two layers runs once); a cut base with a trunk
-LAYOUTS = {"all-layers": {}, "trunk": {"adapter_layers": 1}, "cut-trunk": {"student_layers": [0, 2], "adapter_layers": 1}}
+# where the adapters sit: every layer; the top layer only (a trunk of two layers runs once); a cut base with a trunk;
+# students of different depths (3 layers, 1 layer, layers 0 and 2: every layer is skipped by some student but the
+# first), without and with a trunk (each student's top layer adapted)
+LAYOUTS = {
+    "all-layers": {},
+    "trunk": {"adapter_layers": 1},
+    "cut-trunk": {"student_layers": "0,2", "adapter_layers": 1},
+    "mixed-depths": {"student_layers": [3, 1, "0,2"]},
+    "mixed-trunk": {"student_layers": [3, 2, "0,2"], "adapter_layers": 1},
+}
 
 
 @pytest.fixture(scope="session")
@@ -88,8 +97,9 @@ def test_one_forward_gives_each_student_its_own_logits(case, layout, rows):
     for handle in handles:
         handle.remove()
     assert logits.shape == (rows, 3, 3)
-    trunk = cohort.shared_layers
-    assert seen == [rows] * trunk + [3 * rows] * (len(layers) - trunk)
+    # B rows in the trunk, then the row blocks of the students that keep each layer (all three, or fewer)
+    trunk, present = cohort.shared_layers, cohort.plan.present()
+    assert seen == [rows if p < trunk else rows * len(present[p] or range(3)) for p in range(len(layers))]
     with torch.no_grad():
         for k in range(3):
             torch.testing.assert_close(logits[:, k], alone(cohort, k, **batch), atol=1e-5, rtol=0)
@@ -97,7 +107,7 @@ def test_one_forward_gives_each_student_its_own_logits(case, layout, rows):
 
 
 @pytest.mark.parametrize("checkpointing", [False, True], ids=["", "activation-checkpointing"])
-@pytest.mark.parametrize("layout", ["all-layers", "trunk"])
+@pytest.mark.parametrize("layout", ["all-layers", "trunk", "mixed-depths", "mixed-trunk"])
 def test_one_backward_gives_each_student_its_own_gradients(case, layout, checkpointing):
     name, path = case
     cohort = build(path, **LAYOUTS[layout]).eval()  # eval: no dropout, so the two passes are comparable
@@ -138,9 +148,10 @@ def _backbone_sees(cohort, mask):
     return cohort.peft_model.get_base_model().base_model.register_forward_pre_hook(swap, with_kwargs=True)
 
 
-def test_cutoff_equals_that_student_alone_without_the_cut_tokens(case):
+@pytest.mark.parametrize("layout", ["all-layers", "mixed-depths"])
+def test_cutoff_equals_that_student_alone_without_the_cut_tokens(case, layout):
     name, path = case
-    cohort = build(path).eval()
+    cohort = build(path, **LAYOUTS[layout]).eval()
     batch = encode(name)
     torch.manual_seed(1)
     views = make_student_views(["cutoff", "dropout", "cutoff"], batch["attention_mask"], cutoff_rate=0.3)
@@ -157,9 +168,10 @@ def test_cutoff_equals_that_student_alone_without_the_cut_tokens(case):
         assert not torch.allclose(logits[:, 0], alone(cohort, 0, **batch), atol=1e-4)
 
 
-def test_shuffle_moves_positions_in_the_models_own_numbering_or_is_refused(case):
+@pytest.mark.parametrize("layout", ["all-layers", "mixed-depths"])
+def test_shuffle_moves_positions_in_the_models_own_numbering_or_is_refused(case, layout):
     name, path = case
-    cohort = build(path).eval()
+    cohort = build(path, **LAYOUTS[layout]).eval()
     batch = encode(name)
     torch.manual_seed(2)
     views = make_student_views(["dropout", "shuffle", "dropout"], batch["attention_mask"])
@@ -188,9 +200,10 @@ def test_the_trainer_refuses_a_view_the_architecture_cannot_apply_before_trainin
     assert not os.path.exists(args.output_dir)
 
 
-def test_adversarial_perturbation_joins_the_students_input_hidden_states(case):
+@pytest.mark.parametrize("layout", ["all-layers", "mixed-depths"])
+def test_adversarial_perturbation_joins_the_students_input_hidden_states(case, layout):
     name, path = case
-    cohort = build(path).eval()
+    cohort = build(path, **LAYOUTS[layout]).eval()
     batch = encode(name)
     rows, length = batch["input_ids"].shape
     torch.manual_seed(3)
@@ -198,7 +211,7 @@ def test_adversarial_perturbation_joins_the_students_input_hidden_states(case):
     noise[1] = 0
     with torch.no_grad():
         logits = cohort(**batch, views=StudentViews(perturbation=noise))
-        layer = cohort.peft_model.get_base_model().get_submodule(cohort.architecture.layers)[0]
+        layer = cohort.peft_model.get_base_model().get_submodule(cohort.architecture.layers)[0]  # every student's first
         for k in range(3):
             def add(module, args, kwargs, k=k):
                 if args:
@@ -212,7 +225,7 @@ def test_adversarial_perturbation_joins_the_students_input_hidden_states(case):
                 handle.remove()
 
 
-@pytest.mark.parametrize("layout", ["all-layers", "cut-trunk"])
+@pytest.mark.parametrize("layout", ["all-layers", "cut-trunk", "mixed-depths"])
 def test_bias_students_get_their_own_logits_and_gradients_or_are_refused(case, layout):
     name, path = case
     settings = {key: value for key, value in LAYOUTS[layout].items()}
@@ -240,7 +253,7 @@ def test_bias_students_get_their_own_logits_and_gradients_or_are_refused(case, l
 
 
 @pytest.mark.parametrize("adapter_type", ["lora", "bias"])
-@pytest.mark.parametrize("layout", ["all-layers", "cut-trunk"])
+@pytest.mark.parametrize("layout", ["all-layers", "cut-trunk", "mixed-depths", "mixed-trunk"])
 def test_export_gives_the_evaluated_students_logits(case, layout, adapter_type, tmp_path):
     name, path = case
     if adapter_type == "bias" and name.startswith("modernbert"):
@@ -252,17 +265,22 @@ def test_export_gives_the_evaluated_students_logits(case, layout, adapter_type, 
                 delta.normal_(std=0.5)
     batch = encode(name)
     with torch.no_grad():
-        expected = cohort(**batch)[:, 1]
+        evaluated = cohort(**batch)
     tokenizer = tiny_tokenizer(TINY[name][2])
     exported = export_student(cohort, 1, str(tmp_path / "run"), tokenizer)
-    model = AutoModelForSequenceClassification.from_pretrained(exported.student_dir).eval()
-    assert model.config.num_hidden_layers == len(cohort.student_layers)
-    with torch.no_grad():
-        torch.testing.assert_close(model(**batch).logits, expected, atol=1e-5, rtol=0)
+    family = export_family(cohort, str(tmp_path / "run"), tokenizer)
+    for k, folder in [(1, exported.student_dir), *enumerate(family)]:
+        model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+        # a model of the student's own depth, its per-layer config cut with it (ModernBERT's layer_types)
+        assert model.config.num_hidden_layers == cohort.depths[k] == len(model.get_submodule(cohort.architecture.layers))
+        for key in cohort.architecture.layer_config:
+            assert len(getattr(model.config, key)) == cohort.depths[k]
+        with torch.no_grad():
+            torch.testing.assert_close(model(**batch).logits, evaluated[:, k], atol=1e-5, rtol=0, msg=folder)
     if adapter_type == "lora":
         with torch.no_grad():
             adapter = AutoPeftModelForSequenceClassification.from_pretrained(exported.adapter_dir).eval()
-            torch.testing.assert_close(adapter(**batch).logits, expected, atol=1e-5, rtol=0)
+            torch.testing.assert_close(adapter(**batch).logits, evaluated[:, 1], atol=1e-5, rtol=0)
 
 
 def test_weights_the_checkpoint_lacks_are_drawn_from_the_seed_logged_and_kept(checkpoints, caplog):
@@ -297,11 +315,14 @@ def test_every_export_loads_in_a_process_without_peft(checkpoints, tmp_path):
     expected, jobs = {}, {}
     for name, kind in CASES:
         path = checkpoints(name, kind)
-        cohort = build(path, student_layers=2, adapter_layers=1).eval()
+        cohort = build(path, **LAYOUTS["mixed-trunk"]).eval()
         with torch.no_grad():
-            logits = cohort(**encode(name))[:, 2]
-        folder = export_student(cohort, 2, str(tmp_path / f"{name}-{kind}"), tiny_tokenizer(TINY[name][2])).student_dir
-        expected[folder], jobs[folder] = logits, TEXTS
+            logits = cohort(**encode(name))
+        tokenizer = tiny_tokenizer(TINY[name][2])
+        folder = export_student(cohort, 2, str(tmp_path / f"{name}-{kind}"), tokenizer).student_dir
+        expected[folder], jobs[folder] = logits[:, 2], TEXTS
+        for k, member in enumerate(export_family(cohort, str(tmp_path / f"{name}-{kind}"), tokenizer)):
+            expected[member], jobs[member] = logits[:, k], TEXTS
     result = subprocess.run(
         [sys.executable, "-c", LOAD_WITHOUT_PEFT, json.dumps(jobs)],
         capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, check=False, timeout=600,
@@ -322,8 +343,11 @@ def test_trainer_trains_with_views_and_resumes_to_the_same_weights(case, toy_poo
     views = "cutoff,shuffle,dropout" if ARCHITECTURES[TINY[name][0].model_type].shuffles else "cutoff,adversarial,dropout"
 
     def trainer(output, **overrides):
-        args = make_args(tmp_path / output, max_steps=4, student_views=views, save_strategy="steps", save_steps=2, **overrides)
-        cohort = StudentCohort.from_pretrained(path, id2label=ID2LABEL, num_students=3, lora_config=args.lora_config(), seed=0)
+        # students of different depths: a full one, one of a single layer, one of layers 0 and 2
+        args = make_args(tmp_path / output, max_steps=4, student_views=views, save_strategy="steps", save_steps=2,
+                         student_layers=[3, 1, "0,2"], **overrides)  # fmt: skip
+        cohort = StudentCohort.from_pretrained(path, id2label=ID2LABEL, num_students=3, lora_config=args.lora_config(),
+                                               student_layers=args.student_layers, seed=0)  # fmt: skip
         return MutualDistillationTrainer(model=cohort, args=args, train_dataset=train, processing_class=tokenizer)
 
     straight = trainer("straight")
@@ -356,7 +380,7 @@ def test_an_unsupported_architecture_is_refused_before_loading_weights(tmp_path)
 
 def test_modernbert_cut_must_keep_its_first_layer(checkpoints):
     with pytest.raises(ValueError, match="drops layer 0, which ModernBERT builds differently"):
-        build(checkpoints("modernbert-cls", "classifier"), student_layers=[1, 2])
+        build(checkpoints("modernbert-cls", "classifier"), student_layers="1,2")
 
 
 def test_deberta_with_a_convolution_layer_is_refused(tmp_path):

@@ -3,7 +3,8 @@ import torch
 from peft import IA3Config, LoHaConfig, LoraConfig
 from torch.utils.checkpoint import CheckpointError
 
-from nanonet_hf.cohort import StudentCohort, parse_student_layers
+from nanonet_hf.cohort import StudentCohort
+from nanonet_hf.layer_plan import parse_layer_choice, parse_student_layers
 
 ID2LABEL = {0: "sport", 1: "food", 2: "tech"}
 
@@ -26,7 +27,7 @@ LAYOUTS = {
     "all-layers": {},
     "top-1": {"adapter_layers": 1},
     "top-2": {"adapter_layers": 2},
-    "cut-0,2-top-1": {"student_layers": [0, 2], "adapter_layers": 1},
+    "cut-0,2-top-1": {"student_layers": "0,2", "adapter_layers": 1},
     "middle-only": {"adapter_layers": [1]},
     # LoRA with a bias on B (lora_bias): the block path adds the scaled bias of each student
     "lora-bias": {"lora_config": LoraConfig(r=4, lora_alpha=8, init_lora_weights=False, lora_bias=True)},
@@ -163,7 +164,7 @@ def test_shared_trunk_runs_once_without_autograd(tiny_model_dir, batch):
 
 
 def test_adapter_layers_follow_the_cut_base(tiny_model_dir):
-    cohort = build(tiny_model_dir, student_layers=[0, 2], adapter_layers="1")
+    cohort = build(tiny_model_dir, student_layers="0,2", adapter_layers="1")
     assert cohort.shared_layers == 1
     assert {n.split(".layer.")[1][0] for n, _ in cohort.named_parameters() if "lora_B" in n} == {"1"}
 
@@ -191,21 +192,44 @@ def test_trainable_state_round_trip_and_mismatch(tiny_model_dir):
 
 
 def test_student_layers_cut_the_base(tiny_model_dir, batch):
-    cohort = build(tiny_model_dir, student_layers=[0, 2])
-    assert cohort.config.num_hidden_layers == 2 and cohort.student_layers == [0, 2]
+    cohort = build(tiny_model_dir, student_layers="0,2")
+    assert cohort.config.num_hidden_layers == 2 and cohort.student_layers == [[0, 2]] * 3 and cohort.plan.kept == [0, 2]
     assert cohort(**batch).shape == (4, 3, 3)
     assert build(tiny_model_dir, student_layers=1).config.num_hidden_layers == 1
 
 
 @pytest.mark.parametrize(
-    "value, expected", [(None, None), (2, 2), ("2", 2), ("0,2", [0, 2]), ([1, 2], [1, 2]), ("1, 2", [1, 2])]
-)
+    "value, expected",
+    [
+        (None, None), (2, [2]), ("2", [2]), ("0,2", [[0, 2]]), ("1, 2", [[1, 2]]),  # one entry: every student's
+        ([3, 2], [3, 2]), (["3", "0,2"], [3, [0, 2]]), ([3, [0, 2]], [3, [0, 2]]), ([[0, 1, 2], [0]], [[0, 1, 2], [0]]),
+    ],
+)  # fmt: skip
 def test_parse_student_layers(value, expected):
     assert parse_student_layers(value) == expected
 
 
-@pytest.mark.parametrize("layers, message", [(5, "between 1 and"), ([2, 0], "increasing"), ([0, 3], "0..2")])
-def test_bad_student_layers_are_refused(tiny_model_dir, layers, message):
+@pytest.mark.parametrize("value, expected", [(None, None), (2, 2), ("2", 2), ("0,2", [0, 2]), ([1, 2], [1, 2])])
+def test_parse_adapter_layers(value, expected):
+    assert parse_layer_choice(value) == expected
+
+
+@pytest.mark.parametrize(
+    "layers, message",
+    [
+        (5, r"student_layers=5 must be between 1 and the base's 3 layers"),
+        ("2,0", "increasing"),
+        ("0,3", r"0\.\.2"),
+        ([3, 2], r"gives 2 entries, one per student, but num_students is 3"),  # 3 students
+        ([3, 0, 2], r"student_layers\[1\]=0 must be between 1 and the base's 3 layers"),  # depth 0
+        ([3, 4, 2], r"student_layers\[1\]=4 must be between 1"),  # deeper than the base
+        ([3, "2,1", 2], r"student_layers\[1\]=\[2, 1\] must be distinct increasing"),  # unsorted
+        ([3, "1,1", 2], r"student_layers\[1\]=\[1, 1\] must be distinct increasing"),  # repeated
+        ([3, "two", 2], "layer count like '3' or layer indices"),
+        ([], "empty list"),
+    ],
+)  # fmt: skip
+def test_bad_student_layers_are_refused_naming_the_value(tiny_model_dir, layers, message):
     with pytest.raises(ValueError, match=message):
         build(tiny_model_dir, student_layers=layers)
 

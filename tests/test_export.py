@@ -24,7 +24,7 @@ def cohort(tiny_model_dir, request):
         tiny_model_dir,
         id2label=ID2LABEL,
         num_students=3,
-        student_layers=[0, 2],
+        student_layers="0,2",
         adapter_layers=request.param,
         lora_config=LoraConfig(r=4, lora_alpha=8, init_lora_weights=False),
     )

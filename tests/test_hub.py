@@ -245,6 +245,44 @@ def test_bad_push_arguments_fail_before_anything_is_sent(tiny_run, hub, kwargs, 
     assert not hub.hub.requests
 
 
+def test_the_family_is_pushed_on_request_each_student_with_its_own_card(tiny_run, hub, tmp_path):
+    results = json.loads(Path(os.path.join(tiny_run, "results.json")).read_text())
+    assert results["cohort"]["depths"] == [3, 2]  # the tiny run: a 3-layer and a 2-layer student
+    chosen, other = results["chosen_student"], 1 - results["chosen_student"]
+    result = push_student(tiny_run, "alice/tiny-student", endpoint=hub.endpoint, token=TOKEN, family=True)
+    assert set(result.family_commit_urls) == {f"alice/tiny-student-student-{other}"}
+    pushed = uploaded_files(hub, f"alice/tiny-student-student-{other}")
+    local = Path(os.path.join(tiny_run, "students", f"student_{other}", "model.safetensors")).read_bytes()
+    assert pushed["model.safetensors"] == local
+    card = pushed["README.md"].decode()
+    assert f"this model is student {other}, which kept layers {results['cohort']['student_layers'][other]}" in card
+    assert f"the cohort's chosen student, by agreement" in card and f"is student {chosen}" in card
+    assert f"(this model)**" in card and "alice/tiny-student-student" in card  # its own repository in the snippets
+    with pytest.raises(ValueError, match="there is no family to push"):
+        one = json.loads(Path(os.path.join(tiny_run, "results.json")).read_text())
+        one["cohort"]["num_students"] = 1
+        single = tmp_path / "single"
+        import shutil
+
+        shutil.copytree(tiny_run, single)
+        (single / "results.json").write_text(json.dumps(one))
+        push_student(str(single), "alice/x", endpoint=hub.endpoint, family=True)
+
+
+def test_the_card_shows_the_family_with_its_speed(tiny_run):
+    results = json.loads(Path(os.path.join(tiny_run, "results.json")).read_text())
+    teacher = next(row for row in results["family"] if row.get("teacher"))
+    card = ModelCard.load(os.path.join(tiny_run, "students", "student_1", "README.md"))
+    assert "## Accuracy and speed" in card.text and "| teacher | – | – |" in card.text
+    for k, depth in enumerate([3, 2]):
+        row = results["family"][k]
+        assert (row["student"], row["layers"], row["dir"]) == (k, depth, f"students/student_{k}")
+        shown = f"{row['batch_32_ms']:.1f} | {row['texts_per_s']:.0f} | {teacher['batch_32_ms'] / row['batch_32_ms']:.1f}x |"
+        assert shown in card.text, shown
+    assert "| **student 1 (this model)** | 2 |" in card.text
+    assert card.data.eval_results[0].metric_value == round(results["students"][1]["accuracy"], 4)
+
+
 def test_push_of_a_folder_that_is_no_run(tmp_path, hub):
     with pytest.raises(FileNotFoundError, match="results.json does not exist: pass the output_dir"):
         push_student(str(tmp_path), "alice/x", endpoint=hub.endpoint)
@@ -271,6 +309,30 @@ def test_space_folder_front_matter_and_app(tiny_run, tmp_path, monkeypatch):
     scores = demo.fn("pasta goal today")
     assert set(scores) == set(LABELS) and abs(sum(scores.values()) - 1) < 1e-5
     assert demo.fn("  ") == {}
+
+
+def test_a_space_of_the_family_lets_the_user_pick_the_student(tiny_run, tmp_path, monkeypatch):
+    folders = {f"student {k}": os.path.join(tiny_run, "students", f"student_{k}") for k in (0, 1)}
+    space = write_space(str(tmp_path / "space"), folders["student 1"], models=folders, examples=["pasta goal"])
+    config = json.loads(Path(os.path.join(space, "space_config.json")).read_text())
+    assert config["models"] == folders and config["model"] == folders["student 1"]
+    monkeypatch.delenv("NANONET_MODEL", raising=False)
+    monkeypatch.syspath_prepend(space)
+    import importlib
+
+    import app
+
+    importlib.reload(app)
+    demo = app.build_demo(config)
+    from transformers import pipeline
+
+    for label, folder in folders.items():
+        expected = pipeline("text-classification", model=folder, top_k=None)(["pasta goal today"])[0]
+        scores = demo.fn("pasta goal today", label)
+        assert scores == pytest.approx({item["label"]: item["score"] for item in expected})
+    assert demo.fn("pasta goal today") == demo.fn("pasta goal today", "student 1")  # the default model first
+    with pytest.raises(ValueError, match="is not one of models"):
+        write_space(str(tmp_path / "bad"), "alice/other", models=folders)
 
 
 def test_push_space(hub, tmp_path):

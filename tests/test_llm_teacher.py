@@ -223,6 +223,7 @@ def test_the_recipe_runs_an_llm_teacher_and_refuses_bad_verbalizers_first(tiny_m
     argv = [
         "--model_name_or_path", tiny_model_dir, "--labeled_file", pool, "--eval_file", test, "--labels_per_class", "4",
         "--teacher_type", "llm", "--teacher_name_or_path", tiny_lm, "--verbalizers", "pasta", "goal", "laptop",
+        "--student_layers", "3", "2",
         "--max_steps", "2", "--per_device_train_batch_size", "8", "--max_length", "16", "--report_to", "none",
         "--output_dir", str(tmp_path / "run"), "--supervised_baseline", "false",
     ]  # fmt: skip

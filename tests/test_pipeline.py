@@ -37,6 +37,7 @@ def make_args(tmp_path, **overrides) -> MutualDistillationConfig:
         output_dir=str(tmp_path / "out"), text_column="sentence", label_column="category", num_students=2,
         max_steps=3, per_device_train_batch_size=8, setfit_iterations=1, max_length=16, learning_rate=0.01,
         eval_strategy="steps", eval_steps=3, selection_rows=16, report_to="none", disable_tqdm=True,
+        student_layers=None, setfit_body=None,  # the tiny 3-layer models: every layer, SetFit on the tiny base
     )  # fmt: skip
     return MutualDistillationConfig(**{**settings, **overrides})
 
@@ -110,11 +111,34 @@ def test_supervised_baseline_is_one_call_and_lands_in_the_card(tiny_model_dir, t
         trainer.train_supervised_baseline()
     trainer.train()
     baseline = trainer.train_supervised_baseline()
-    assert set(baseline) == {"accuracy", "macro_f1"}
+    assert set(baseline) == {"accuracy", "macro_f1", "layers"} and baseline["layers"] == 3
     trainer.save_model()
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["supervised_only"] == baseline and "supervised_train_s" in results["wall_time_s"]
     assert "supervised-only student" in (tmp_path / "out" / "student" / "README.md").read_text()
+
+
+def test_the_supervised_baseline_takes_the_chosen_students_layers(tiny_model_dir, tmp_path, toy_pool):
+    labeled, unlabeled, test = raw_splits(toy_pool)
+    args = make_args(tmp_path, student_layers=[3, "0,2"], adapter_layers="1")  # a 3-layer and a 2-layer student
+    trainer = MutualDistillationTrainer(
+        model=tiny_model_dir, args=args, train_dataset=labeled, unlabeled_dataset=unlabeled, eval_dataset=test
+    )
+    trainer.train()
+    trainer.chosen_student = 1
+    built = []
+    original = StudentCohort.from_pretrained
+
+    def spy(*args, **kwargs):
+        built.append(kwargs)
+        return original(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(StudentCohort, "from_pretrained", spy)
+        baseline = trainer.train_supervised_baseline()
+    assert baseline["layers"] == 2
+    # one student of the chosen student's layers (0 and 2), LoRA on its top layer as in the cohort
+    assert built[0]["num_students"] == 1 and built[0]["student_layers"] == [[0, 2]] and built[0]["adapter_layers"] == "1"
 
 
 def test_a_setfit_teacher_from_the_config(tmp_path, toy_pool, tiny_model_dir):
@@ -131,7 +155,7 @@ def test_a_setfit_teacher_from_the_config(tmp_path, toy_pool, tiny_model_dir):
 def test_teacher_type_auto_tells_a_classifier_from_a_body(tmp_path, toy_pool, tiny_model_dir):
     """The default teacher_type "auto": no teacher or a body (no classification head in its config) gets SetFit; a
     `...ForSequenceClassification` folder is the teacher as it is; an explicit teacher_type wins, and
-    teacher_temperature follows the kind (0.25 for SetFit unless set)."""
+    teacher_temperature follows the kind (fitted on the labeled rows for SetFit unless set, 1 for a classifier)."""
     labeled, unlabeled, _ = raw_splits(toy_pool)
     classifier = tmp_path / "classifier"
     config = BertConfig.from_pretrained(tiny_model_dir, id2label=dict(enumerate(sorted(LABELS))))
@@ -139,8 +163,9 @@ def test_teacher_type_auto_tells_a_classifier_from_a_body(tmp_path, toy_pool, ti
     AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(classifier)
     body = save_tiny("bert", "pretrained", str(tmp_path / "body"))  # BertForPreTraining: no classification head
     for teacher, overrides, kind, temperature in (
-        (None, {}, "setfit", 0.25),
-        (body, {}, "setfit", 0.25),
+        (None, {}, "setfit", "fit"),
+        (body, {}, "setfit", "fit"),
+        (body, {"teacher_temperature": 0.25}, "setfit", 0.25),
         (str(classifier), {}, "fine_tune", 1.0),
         (str(classifier), {"teacher_temperature": 0.5}, "fine_tune", 0.5),
         (None, {"teacher_type": "fine_tune", "teacher_num_train_epochs": 1}, "fine_tune", 1.0),
@@ -149,6 +174,8 @@ def test_teacher_type_auto_tells_a_classifier_from_a_body(tmp_path, toy_pool, ti
             model=tiny_model_dir, teacher_model=teacher, args=make_args(tmp_path / kind, eval_strategy="no", **overrides),
             train_dataset=labeled, unlabeled_dataset=unlabeled,
         )  # fmt: skip
+        if temperature == "fit":  # fitted on the 3 folds of the 12 labeled rows
+            temperature = trainer.teacher_calibration["temperature"]
         assert (trainer.teacher_type, trainer.teacher_temperature) == (kind, temperature), (teacher, overrides)
         assert trainer.card_data.teacher_name.startswith("SetFit") == (kind == "setfit")
 
@@ -229,7 +256,7 @@ def test_a_cohort_that_disagrees_with_the_config_is_refused(tiny_model_dir, tmp_
     id2label = dict(enumerate(sorted(LABELS)))
     for built, message in (
         ({"num_students": 3}, "num_students: the cohort has 3, args say 2"),
-        ({"num_students": 2, "student_layers": 2}, r"student_layers: the cohort keeps layers \[0, 1\], args give \[0, 1, 2\]"),
+        ({"num_students": 2, "student_layers": 2}, r"student_layers: the cohort's students keep layers \[\[0, 1\], \[0, 1\]\], args give \[\[0, 1, 2\], \[0, 1, 2\]\]"),
     ):  # fmt: skip
         cohort = StudentCohort.from_pretrained(tiny_model_dir, id2label=id2label, **built)
         with pytest.raises(ValueError, match=message):

@@ -63,7 +63,8 @@ def test_recipe_end_to_end_on_the_real_model_and_trec6(tmp_path):
         "--num_students", "2",
         "--per_device_train_batch_size", "8",
         "--max_steps", "6",
-        "--setfit_iterations", "2",  # the default teacher, SetFit on the base, on 2 pairs per label
+        "--setfit_iterations", "2",  # the default teacher, SetFit on the MPNet body, on 2 pairs per label
+        "--speed_repeats", "2",
         "--selection_rows", "32",
         "--logging_steps", "3",
         "--eval_steps", "3",  # the YAML evaluates every 100 steps: here at steps 3 and 6, for the card's curve
@@ -104,6 +105,26 @@ def test_recipe_end_to_end_on_the_real_model_and_trec6(tmp_path):
     assert card.data.eval_results[0].metric_value == round(results["students"][results["chosen_student"]]["accuracy"], 4)
     assert results["learning_curve"]["step"] == [3, 6] and (out / "student" / "learning_curve.png").is_file()
     assert results["examples"][0] in card.text  # a TREC question in the how-to-load snippet
+
+    # the family: the 6-layer and the 3-layer student, each a plain model of its own depth with its card, each scoring
+    # as it did in the cohort, timed beside the MPNet teacher
+    assert results["cohort"]["depths"] == [6, 3] and results["cohort"]["student_layers"] == [[0, 1, 2, 3, 4, 5], [0, 1, 2]]
+    family = {row["name"]: row for row in results["family"]}
+    assert set(family) == {"student 0", "student 1", "teacher"}
+    for k, depth in enumerate([6, 3]):
+        row = family[f"student {k}"]
+        folder = out / row["dir"]
+        member = AutoModelForSequenceClassification.from_pretrained(folder)
+        assert row["layers"] == member.config.num_hidden_layers == depth and row["parameters"] == member.num_parameters()
+        predictions = predict_logits(member, AutoTokenizer.from_pretrained(folder), test["text"]).argmax(-1)
+        assert float((predictions == np.asarray(test["label"])).mean()) == pytest.approx(results["students"][k]["accuracy"], abs=1e-9)
+        assert row["accuracy"] == results["students"][k]["accuracy"]
+        assert f"**student {k} ({depth} layers) (this model)**" in (folder / "README.md").read_text()
+    assert family["student 0"]["parameters"] > family["student 1"]["parameters"]
+    for row in family.values():
+        assert row["batch_1_ms"] > 0 and row["batch_32_ms"] > 0 and row["texts_per_s"] > 0 and "CPU" in row["measured_on"]
+    assert "| student 1" in result.stdout and "vs teacher" in result.stdout  # the recipe prints the family table
+    assert "## Accuracy and speed" in card.text
 
 
 MPNET = "sentence-transformers/all-mpnet-base-v2"
@@ -184,7 +205,8 @@ def test_recipe_with_bias_students_views_an_online_teacher_and_generated_text(ti
     argv = [
         "--model_name_or_path", tiny_model_dir, "--labeled_file", pool, "--eval_file", test, "--labels_per_class", "4",
         "--num_students", "3", "--adapter_type", "bias", "--student_views", "cutoff,shuffle,adversarial",
-        "--online_teacher", "--lambda_teacher_mutual", "0.5", "--max_steps", "3", "--per_device_train_batch_size", "8",
+        "--student_layers", "null", "--online_teacher", "--lambda_teacher_mutual", "0.5", "--max_steps", "3",
+        "--per_device_train_batch_size", "8",
         "--teacher_num_train_epochs", "1", "--learning_rate", "0.01", "--max_length", "16", "--report_to", "none",
         "--output_dir", str(out), "--generate_unlabeled", "3", "--generator_model", tiny_lm,
     ]  # fmt: skip

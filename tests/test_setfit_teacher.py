@@ -43,7 +43,8 @@ def test_recipe_with_a_setfit_teacher(tiny_model_dir, tmp_path, monkeypatch):
     pool, test = write_toy_files(tmp_path)
     argv = [
         "--model_name_or_path", tiny_model_dir, "--labeled_file", pool, "--eval_file", test, "--labels_per_class", "4",
-        "--num_students", "2", "--teacher_type", "setfit", "--setfit_iterations", "2", "--max_steps", "2",
+        "--num_students", "2", "--student_layers", "3", "1", "--teacher_type", "setfit", "--setfit_body", "null",
+        "--setfit_iterations", "2", "--max_steps", "2",
         "--per_device_train_batch_size", "8", "--max_length", "16", "--report_to", "none", "--output_dir", str(tmp_path / "run"),
         "--supervised_baseline", "false",
     ]  # fmt: skip

@@ -30,6 +30,8 @@ def make_args(tmp_path, **overrides):
         use_cpu=True,
         disable_tqdm=True,
         seed=0,
+        student_layers=None,  # the tiny models have 3 layers: every student keeps them all (the default is [6, 3])
+        setfit_body=None,  # a SetFit teacher on the tiny base, not the default MPNet body
     )
     values.update(overrides)
     return MutualDistillationConfig(**values)

@@ -157,6 +157,32 @@ def _margin(accuracy: float, n: int) -> float:
     return 1.96 * math.sqrt(max(accuracy * (1 - accuracy), 1e-12) / max(n, 1))
 
 
+def cohort_depths(results: dict) -> list[int]:
+    """Each student's number of layers, from a run's results."""
+    cohort = results["cohort"]
+    return cohort["depths"]
+
+
+def _per_student(value: int | list[int], k: int) -> int:
+    return value[k] if isinstance(value, list) else value
+
+
+def _family_rows(family: list[dict] | None, this: int) -> list[dict] | None:
+    """The family table's rows for the card: each exported student (this one marked) and the teacher, with their
+    speed relative to the teacher's at batch 32 when both were timed."""
+    if not family:
+        return None
+    teacher = next((row for row in family if row.get("teacher")), None)
+    rows = []
+    for row in family:
+        shown = dict(row)
+        shown["this"] = row.get("student") == this and not row.get("teacher")
+        if teacher and teacher.get("batch_32_ms") and row.get("batch_32_ms"):
+            shown["speedup"] = teacher["batch_32_ms"] / row["batch_32_ms"]
+        rows.append(shown)
+    return rows
+
+
 def _dataset(results: dict) -> tuple[str | None, str]:
     """(Hub dataset id or None, readable name)."""
     name = results.get("dataset") or "custom data"
@@ -172,8 +198,9 @@ def model_card(
     learning_curve_file: str | None = None,
     license: str | None = "apache-2.0",
     architecture: str = "AutoModelForSequenceClassification",
+    student: int | None = None,
 ) -> ModelCard:
-    """Render the student's card from a run's results.
+    """Render a student's card from a run's results.
 
     Args:
         results (`dict`): the run's `results.json`.
@@ -181,12 +208,15 @@ def model_card(
         learning_curve_file (`str`, *optional*): file name of the learning-curve picture beside the card.
         license (`str`, *optional*, defaults to `"apache-2.0"`): the license of the published weights; it must agree
             with the base model's and the data's.
+        student (`int`, *optional*): the student the card is for (a member of the family, `students/student_{k}`);
+            defaults to the chosen one.
     """
     missing = [key for key in REQUIRED_KEYS if key not in results]
     if missing:
         raise ValueError(f"results lack {missing}; pass the results.json of a `recipes/train.py` run.")
     chosen = results["chosen_student"]
-    student = results["students"][chosen]
+    this = chosen if student is None else student
+    student_scores = results["students"][this]
     dataset_id, dataset_pretty = _dataset(results)
     base_model = results.get("base_model")
     base_is_hub_id = bool(base_model) and HUB_ID.match(base_model) is not None and not os.path.exists(base_model)
@@ -215,17 +245,21 @@ def model_card(
         tags=TAGS,
         metrics=["accuracy", "f1"],
         eval_results=[
-            evals("accuracy", "Accuracy", student["accuracy"]),
-            evals("f1", "Macro F1", student["macro_f1"], {"average": "macro"}),
+            evals("accuracy", "Accuracy", student_scores["accuracy"]),
+            evals("f1", "Macro F1", student_scores["macro_f1"], {"average": "macro"}),
         ],
     )
+    depths = cohort_depths(results)
     table = [dict(name="teacher", **results["teacher"])] if results.get("teacher") else []
     for name, metrics in (results.get("teachers") or {}).items():  # an ensemble's members, each alone
         table.append(dict(name=f"teacher member: {name}", **metrics))
     if results.get("supervised_only"):
-        table.append(dict(name="supervised-only student", **results["supervised_only"]))
+        baseline = results["supervised_only"]
+        layers = f" ({baseline['layers']} layers)" if "layers" in baseline and len(set(depths)) > 1 else ""
+        table.append(dict(name=f"supervised-only student{layers}", accuracy=baseline["accuracy"], macro_f1=baseline["macro_f1"]))
     for k, metrics in enumerate(results["students"]):
-        table.append(dict(name=f"**student {k} (this model)**" if k == chosen else f"student {k}", **metrics))
+        name = f"student {k} ({depths[k]} layers)" if len(set(depths)) > 1 else f"student {k}"
+        table.append(dict(name=f"**{name} (this model)**" if k == this else name, **metrics))
     if len(results["students"]) > 1 and results.get("ensemble"):  # one student is its own ensemble
         table.append(dict(name=f"ensemble of the {len(results['students'])} students", **results["ensemble"]))
 
@@ -243,7 +277,12 @@ def model_card(
         label_names=results["label_names"],
         budget=results["label_budget"],
         cohort=results["cohort"],
-        num_layers=len(results["cohort"]["student_layers"]),
+        num_layers=depths[this],
+        layers=results["cohort"]["student_layers"][this],
+        depths=depths,
+        this_student=this,
+        trainable_parameters=_per_student(results["cohort"]["trainable_parameters_per_student"], this),
+        family=_family_rows(results.get("family"), this),
         teacher_name=results.get("teacher_name_or_path", "a classifier with the same labels"),
         chosen_student=chosen,
         selection=results.get("selection", "the run's selection rule"),
@@ -255,7 +294,7 @@ def model_card(
         has_supervised=bool(results.get("supervised_only")),
         hardware=results.get("hardware"),
         example_text=examples[0].replace("\\", "\\\\").replace('"', '\\"'),
-        margin=_margin(student["accuracy"], results["label_budget"]["test"]),
+        margin=_margin(student_scores["accuracy"], results["label_budget"]["test"]),
         max_length=training.get("max_length", "max_length"),
         versions=results.get("versions", {}),
         training_warning=results.get("training_warning"),
@@ -263,7 +302,11 @@ def model_card(
 
 
 def write_model_card(
-    run_dir: str, target_dir: str | None = None, model_id: str | None = None, license: str | None = "apache-2.0"
+    run_dir: str,
+    target_dir: str | None = None,
+    model_id: str | None = None,
+    license: str | None = "apache-2.0",
+    student: int | None = None,
 ) -> ModelCard:
     """Write `README.md` (and `learning_curve.png` when the run evaluated during training) into `target_dir`.
 
@@ -271,18 +314,20 @@ def write_model_card(
         run_dir (`str`): output_dir of a `recipes/train.py` run (holds `results.json` and `student/`).
         target_dir (`str`, *optional*): where to write; defaults to `run_dir/student`.
         model_id (`str`, *optional*): repository id for the how-to-load snippet; defaults to `target_dir`.
+        student (`int`, *optional*): the student of the card (a member of the family); defaults to the chosen one.
     """
     results = read_results(run_dir)
     target_dir = target_dir or os.path.join(run_dir, "student")
+    this = results["chosen_student"] if student is None else student
     curve_file = None
     if results.get("learning_curve"):
         try:
-            plot_learning_curves(results["learning_curve"], os.path.join(target_dir, LEARNING_CURVE_FILE), results["chosen_student"])
+            plot_learning_curves(results["learning_curve"], os.path.join(target_dir, LEARNING_CURVE_FILE), this)
             curve_file = LEARNING_CURVE_FILE
         except ImportError as error:
             logger.warning("The card is written without its learning curve: %s", error)
     else:
         logger.info("No evaluation during training (eval_strategy='no'): the card has no learning curve.")
-    card = model_card(results, model_id or target_dir, learning_curve_file=curve_file, license=license)
+    card = model_card(results, model_id or target_dir, learning_curve_file=curve_file, license=license, student=student)
     card.save(os.path.join(target_dir, "README.md"))
     return card

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from huggingface_hub import CommitInfo, HfApi, ModelCard, ModelCardData
 
 from ..files import atomic_directory
+from ..export import family_dir
 from .card import LEARNING_CURVE_FILE, model_card, read_results, template_path
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class PushResult:
     adapter_commit_url: str | None = None
     base_commit_url: str | None = None
     staged: dict[str, str] = field(default_factory=dict)  # repo id -> staged folder
+    family_commit_urls: dict[str, str] = field(default_factory=dict)  # repo id -> commit URL, with family=True
 
 
 def check_repo_id(repo_id: str, name: str = "repo_id") -> None:
@@ -63,11 +65,22 @@ def _copy_folder(source: str, target: str, skip: set[str] = frozenset()) -> None
             shutil.copy2(path, os.path.join(target, name))
 
 
-def stage_student(run_dir: str, results: dict, target: str, repo_id: str, license: str | None) -> None:
-    """The student repository: the merged model, tokenizer, learning curve and the card for `repo_id`."""
-    _copy_folder(os.path.join(run_dir, "student"), target, skip=RENDERED)
+def family_repo_id(repo_id: str, student: int) -> str:
+    """Where `push_student(..., family=True)` puts student `student` of the family (every student but the chosen one,
+    which goes to `repo_id` itself)."""
+    return f"{repo_id}-student-{student}"
+
+
+def stage_student(
+    run_dir: str, results: dict, target: str, repo_id: str, license: str | None, student: int | None = None
+) -> None:
+    """The student repository: the merged model, tokenizer, learning curve and the card for `repo_id`; the chosen
+    student (`student/`), or student `student` of the family (`students/student_{k}/`)."""
+    source = os.path.join(run_dir, "student") if student is None else family_dir(run_dir, student)
+    _copy_folder(source, target, skip=RENDERED)
     curve = LEARNING_CURVE_FILE if os.path.isfile(os.path.join(target, LEARNING_CURVE_FILE)) else None
-    model_card(results, repo_id, learning_curve_file=curve, license=license).save(os.path.join(target, "README.md"))
+    card = model_card(results, repo_id, learning_curve_file=curve, license=license, student=student)
+    card.save(os.path.join(target, "README.md"))
 
 
 def _short_card(template: str, card_data: ModelCardData, **values) -> ModelCard:
@@ -96,10 +109,14 @@ def stage_base(run_dir: str, target: str, base_repo_id: str, adapter_repo_id: st
     _short_card("base_card.md", data, repo_id=base_repo_id, adapter_repo_id=adapter_repo_id).save(os.path.join(target, "README.md"))
 
 
-def _check_run(run_dir: str, with_adapter: bool) -> dict:
+def _check_run(run_dir: str, with_adapter: bool, family: bool = False) -> dict:
     """The run's results, once its folders are known to be complete."""
     results = read_results(run_dir)
     folders = ["student"] + (["student_adapter", "student_base"] if with_adapter else [])
+    if family:
+        if results["cohort"]["num_students"] < 2:
+            raise ValueError(f"{run_dir} trained one student: there is no family to push; drop family=True.")
+        folders += [os.path.relpath(family_dir(run_dir, k), run_dir) for k in range(results["cohort"]["num_students"])]
     for folder in folders:
         config = "adapter_config.json" if folder == "student_adapter" else "config.json"
         if not os.path.isfile(os.path.join(run_dir, folder, config)):
@@ -162,8 +179,10 @@ def push_student(
     adapter_repo_id: str | None = None,
     base_repo_id: str | None = None,
     dry_run_dir: str | None = None,
+    family: bool = False,
 ) -> PushResult:
-    """Push the exported student of `run_dir` (the output_dir of `recipes/train.py`) to the model repo `repo_id`.
+    """Push the exported student of `run_dir` (the output_dir of `recipes/train.py`) to the model repo `repo_id`, and
+    with `family` every other student of the cohort to its own repository (`{repo_id}-student-{k}`).
 
     Args:
         run_dir (`str`): holds `results.json`, `student/` (and `student_adapter/`, `student_base/`).
@@ -178,6 +197,8 @@ def push_student(
         adapter_repo_id (`str`, *optional*): also push the adapter-only folder there, and its base to `base_repo_id`.
         base_repo_id (`str`, *optional*): defaults to `{adapter_repo_id}-base`.
         dry_run_dir (`str`, *optional*): write the staged folders to `dry_run_dir/{repo_id}/` and send nothing.
+        family (`bool`, *optional*, defaults to `False`): also push every other student of the run (`students/`), each
+            a plain model of its own depth with its card, to [`family_repo_id`]`(repo_id, k)`.
 
     Returns:
         [`PushResult`] with the commit URL(s) (and the pull request URL with `create_pr`).
@@ -196,18 +217,24 @@ def push_student(
     if create_pr and revision not in (None, "main"):
         raise ValueError(f"create_pr opens a pull request against main; it cannot be combined with revision={revision!r}.")
     run_dir = os.path.abspath(run_dir)
-    results = _check_run(run_dir, adapter_repo_id is not None)
+    results = _check_run(run_dir, adapter_repo_id is not None, family)
+    others = [k for k in range(results["cohort"]["num_students"]) if k != results["chosen_student"]] if family else []
+    for k in others:
+        check_repo_id(family_repo_id(repo_id, k))
 
     with tempfile.TemporaryDirectory(prefix="nanonet-push-") as staging:  # the run folder is only read
         plan = [(repo_id, os.path.join(staging, "student"))]  # (repository, staged folder)
         if adapter_repo_id is not None:
             plan += [(adapter_repo_id, os.path.join(staging, "adapter")), (base_repo_id, os.path.join(staging, "base"))]
+        plan += [(family_repo_id(repo_id, k), os.path.join(staging, f"student_{k}")) for k in others]
         for _, folder in plan:
             os.makedirs(folder)
         stage_student(run_dir, results, plan[0][1], repo_id, license)
         if adapter_repo_id is not None:
             stage_adapter(run_dir, plan[1][1], adapter_repo_id, base_repo_id, repo_id, license)
             stage_base(run_dir, plan[2][1], base_repo_id, adapter_repo_id, license)
+        for k, (target_id, folder) in zip(others, plan[len(plan) - len(others) :]):
+            stage_student(run_dir, results, folder, target_id, license, student=k)
 
         if dry_run_dir is not None:
             result = PushResult(repo_id=repo_id)
@@ -237,4 +264,5 @@ def push_student(
         pr_url=main_commit.pr_url,
         adapter_commit_url=commits[adapter_repo_id].commit_url if adapter_repo_id else None,
         base_commit_url=commits[base_repo_id].commit_url if adapter_repo_id else None,
+        family_commit_urls={family_repo_id(repo_id, k): commits[family_repo_id(repo_id, k)].commit_url for k in others},
     )

@@ -28,22 +28,34 @@ def write_space(
     examples: list[str] | tuple[str, ...] = (),
     top_k: int = 3,
     license: str | None = "apache-2.0",
+    models: dict[str, str] | None = None,
 ) -> str:
     """Write a Gradio Space folder that demos `model_id` (a Hub repository id, or a local folder for local runs).
+
+    With `models` (a label for each model, e.g. `{"student 1 (3 layers)": "me/clf-student-1"}`), the demo lets the
+    user pick the model (a family of students of different depths); `model_id` is the one picked first.
 
     The folder is built in a temporary sibling and moved into place: an existing `space_dir` is replaced whole.
     """
     if not isinstance(model_id, str) or not model_id:
         raise ValueError(f"model_id must be a repository id or a folder, got {model_id!r}")
+    models = dict(models or {})
+    bad = [name for name, model in models.items() if not isinstance(model, str) or not model or not str(name).strip()]
+    if bad:
+        raise ValueError(f"models needs a label and a repository id or folder for each model; check {bad}")
+    if models and model_id not in models.values():
+        raise ValueError(f"model_id {model_id!r} is not one of models {sorted(models.values())}")
     if not isinstance(top_k, int) or top_k < 1:
         raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
     examples = [text for text in examples if isinstance(text, str) and text.strip()]
     title = title or model_id.rstrip("/").split("/")[-1]
-    on_hub = HUB_ID.match(model_id) is not None and not os.path.exists(model_id)
+    on_hub = [model for model in (models.values() if models else [model_id]) if HUB_ID.match(model) and not os.path.exists(model)]
     versions = package_versions("gradio", "transformers")
     with atomic_directory(space_dir) as tmp:
         shutil.copyfile(APP_SOURCE, os.path.join(tmp, "app.py"))
         config = {"model": model_id, "title": title, "description": description, "examples": examples, "top_k": top_k}
+        if models:
+            config["models"] = models
         with open(os.path.join(tmp, "space_config.json"), "w") as handle:
             json.dump(config, handle, indent=2)
         requirements = [f"transformers>={versions.get('transformers', '5.0')}", "torch"]
@@ -54,7 +66,7 @@ def write_space(
             sdk="gradio",
             sdk_version=versions.get("gradio"),
             app_file="app.py",
-            models=[model_id] if on_hub else None,
+            models=on_hub or None,
             license=license,
             tags=["nanonet", "text-classification"],
             emoji="🏷️",
@@ -63,8 +75,9 @@ def write_space(
             pinned=False,
         )
         card = SpaceCard.from_template(
-            card_data, template_path=template_path("space_card.md"), model_id=model_id, on_hub=on_hub, title=title, description=description
-        )
+            card_data, template_path=template_path("space_card.md"), model_id=model_id, on_hub=model_id in on_hub, title=title,
+            description=description, models=models,
+        )  # fmt: skip
         card.save(os.path.join(tmp, "README.md"))
     return os.path.abspath(space_dir)
 
