@@ -95,6 +95,8 @@ ABLATIONS = {
     "nanonet 6-layer student alone": _ONE_SIX,
     "nanonet 3-layer student alone": {"num_students": 1, "student_layers": 3},
     "nanonet 6+3 − mutual loss": {"lambda_mut": 0.0},
+    # mutual learning one way across sizes: the 3-layer student learns from the 6-layer one, not the reverse
+    "nanonet 6+3, mutual loss on the 3-layer student only": {"mutual_weights": [0.0, 1.0]},
     "nanonet 6+3+2": {"num_students": 3, "student_layers": [6, 3, 2]},
     "nanonet 2-layer student alone": {"num_students": 1, "student_layers": 2},
     "nanonet, teacher temperature 0.25": {"teacher_temperature": 0.25},
@@ -383,8 +385,8 @@ def run_setting(dataset: str, labels_per_class: int, seed: int, args, methods: s
 
         if "supervised-student" in methods:  # no distillation and no teacher: the trainer makes none
             began = time.perf_counter()
-            result = run_nanonet({**settings, "num_students": 1, "lambda_kd": 0.0, "lambda_mut": 0.0, "student_views": None},
-                                 data, None, test, None, scratch)  # fmt: skip
+            result = run_nanonet({**settings, "num_students": 1, "student_layers": 6, "lambda_kd": 0.0, "lambda_mut": 0.0,
+                                  "student_views": None}, data, None, test, None, scratch)  # fmt: skip
             record("supervised-only student (LoRA)", result["chosen"], began)
 
         variants = []

@@ -4,15 +4,20 @@
     python benchmarks/cohort_speed.py --tiny --steps 3     # a tiny random BERT: a smoke run in seconds
     python benchmarks/cohort_speed.py --json speed.json    # also write every measurement
     python benchmarks/cohort_speed.py --model sentence-transformers/all-mpnet-base-v2 --students 2 4   # another base
+    python benchmarks/cohort_speed.py --depths 6 3 --no-memory   # a family: a 6-layer and a 3-layer student
 
 Three ways to train K students on the same batch with the same losses (supervised on half the rows, distillation from
 fixed teacher logits on the other half, mutual KL between students) and AdamW:
 
   (a) cohort  nanonet's StudentCohort: the frozen trunk below the A adapted layers runs once, the top A layers and the
               heads run as one mixed adapter batch of K×B rows.
-  (b) loop    the obvious PEFT way: one PeftModel with K adapters, `set_adapter(k)` and a forward per student, every
-              student kept trainable, one backward through the K graphs.
-  (c) full    classic deep mutual learning (as DisCo trains): K independent copies of the model, fully trainable.
+  (b) loop    the obvious PEFT way: one PeftModel with K adapters, `set_adapter(k)` and a forward per student (of
+              its own layers, with `--depths`), every student kept trainable, one backward through the K graphs.
+  (c) full    classic deep mutual learning (as DisCo trains): K independent copies of the model (each of its own
+              depth), fully trainable.
+
+With `--depths`, the students differ in depth (K = the number of depths, each adapting its own top A layers): the
+cohort sends each student's rows through its own layers only, in one forward.
 
 Step times are medians over `--steps` steps; the three variants run interleaved in one process, so a slow moment of
 the machine hits all of them. K full models do not depend on A, so they run in the largest-A group only, and every
@@ -21,8 +26,10 @@ subprocess per variant (CUDA: max allocated; CPU: peak RSS above the RSS before 
 at every A, the loop's and the full models' at the largest A. Before timing, (a) and (b) are checked to give the same
 loss and the same gradients on the first step.
 
-With L layers, A adapted layers and K students, a backward through a frozen layer costing about one forward, the ideal
-step-time ratio of (b) over (a) is K·(L + A) / ((L − A) + 2·K·A), printed beside the measured one.
+With student k of d_k layers adapting its top a_k, a trunk of T layers shared by all, and a backward through a frozen
+layer costing about one forward, the ideal step-time ratio of (b) over (a) is Σ_k (d_k + a_k) / (T + Σ_k (d_k − T) +
+Σ_k a_k), printed beside the measured one; for K students of L layers each adapting A it is K·(L + A) / ((L − A) +
+2·K·A).
 """
 
 import argparse
@@ -39,7 +46,8 @@ import torch
 from common import query_value_lora, quiet_transformers, report  # benchmarks/common.py (the script's folder is on sys.path)
 from transformers import AutoConfig, AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
 
-from nanonet_hf.cohort import StudentCohort, keep_layers, select_adapter_layers, select_layers
+from nanonet_hf.cohort import StudentCohort
+from nanonet_hf.layer_plan import keep_layers, select_layers
 from nanonet_hf.losses import cohort_loss
 from nanonet_hf.resources import resolve_model_path
 
@@ -53,11 +61,15 @@ VARIANTS = ("cohort", "loop", "full")
 class Setup:
     """Builds one variant for (K, A) with a fixed seed, so that (a) and (b) start from identical weights."""
 
-    def __init__(self, model_path: str, num_layers: int | None, device: torch.device):
-        self.model_path, self.device = model_path, device
+    def __init__(self, model_path: str, num_layers: int | None, device: torch.device, depths: list[int] | None = None):
+        self.model_path, self.device, self.depths = model_path, device, depths
         base_layers = AutoConfig.from_pretrained(model_path).num_hidden_layers
         self.kept = select_layers(base_layers, num_layers)
         self.num_layers = len(self.kept)
+
+    def student_layers(self, num_students: int) -> list:
+        """Each student's layers: its depth (`--depths`), or the kept layers for every student."""
+        return list(self.depths) if self.depths else [",".join(map(str, self.kept))] * num_students
 
     def cohort(self, num_students: int, adapted: int) -> StudentCohort:
         torch.manual_seed(0)
@@ -65,7 +77,7 @@ class Setup:
             self.model_path,
             id2label={index: f"class_{index}" for index in range(NUM_CLASSES)},
             num_students=num_students,
-            student_layers=self.kept,
+            student_layers=self.student_layers(num_students),
             adapter_layers=adapted,
             lora_config=query_value_lora(self.model_path),
             seed=0,
@@ -79,7 +91,7 @@ class Setup:
             model = AutoModelForSequenceClassification.from_pretrained(
                 self.model_path, num_labels=NUM_CLASSES, ignore_mismatched_sizes=True
             )
-            keep_layers(model, self.kept)
+            keep_layers(model, list(range(self.depths[k])) if self.depths else self.kept)
             models.append(model)
         return models.to(self.device).train()
 
@@ -90,14 +102,12 @@ class Setup:
             return cohort, lambda batch: cohort(**batch), cohort.release_routing
         if variant == "loop":
             cohort = self.cohort(num_students, adapted)  # same adapters and heads; run with PEFT's set_adapter
-            peft_model, names = cohort.peft_model, cohort.student_names
 
             def loop(batch):
                 logits = []
-                for name in names:
-                    peft_model.base_model.set_adapter(name)
-                    peft_model.set_requires_grad(names, True)  # set_adapter froze the others: keep all trainable
-                    logits.append(peft_model(**batch).logits)
+                for name in cohort.student_names:  # set_adapter(name), the student's own layers, all kept trainable
+                    with cohort.single_student(name) as model:
+                        logits.append(model(**batch).logits)
                 return torch.stack(logits, dim=1)
 
             return cohort, loop, lambda: None
@@ -199,7 +209,7 @@ def peak_rss_mb() -> float:
 def peak_memory_probe(args) -> None:
     """Run in a subprocess: build one variant, take two steps, print the peak memory in MiB."""
     device = torch.device(args.device)
-    setup = Setup(args.model_path, args.num_layers, device)
+    setup = Setup(args.model_path, args.num_layers, device, args.depths)
     batch = benchmark_batch(args, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -224,6 +234,8 @@ def peak_memory(args, variant: str, num_students: int, adapted: int) -> float:
     ]  # fmt: skip
     if args.num_layers is not None:
         command += ["--num-layers", str(args.num_layers)]
+    if args.depths:
+        command += ["--depths", *map(str, args.depths)]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"memory probe {variant} K={num_students} A={adapted} failed:\n{result.stderr[-2000:]}")
@@ -233,8 +245,11 @@ def peak_memory(args, variant: str, num_students: int, adapted: int) -> float:
 # ---- the benchmark ----
 
 
-def ideal_ratio(num_students: int, num_layers: int, adapted: int) -> float:
-    return num_students * (num_layers + adapted) / ((num_layers - adapted) + 2 * num_students * adapted)
+def ideal_ratio(depths: list[int], adapted: list[int], trunk: int) -> float:
+    """Loop over cohort for students of `depths` layers, student k adapting its top `adapted[k]`, with a shared trunk
+    of `trunk` layers (prefix depths: student k runs layers 0 … d_k − 1)."""
+    loop = sum(depth + top for depth, top in zip(depths, adapted))
+    return loop / (trunk + sum(depth - trunk for depth in depths) + sum(adapted))
 
 
 def tiny_model(folder: str) -> str:
@@ -253,15 +268,17 @@ def adapted_counts(num_layers: int, fractions: list[float]) -> list[int]:
 
 def run(args) -> dict:
     device = torch.device(args.device)
-    setup = Setup(args.model_path, args.num_layers, device)
+    setup = Setup(args.model_path, args.num_layers, device, args.depths)
     num_layers = setup.num_layers
+    counts = adapted_counts(num_layers, args.adapted_fractions)
+    if args.depths:  # each student's top A layers, or every layer of each student (None: the library's default)
+        counts = [None] + [count for count in adapted_counts(min(args.depths), args.adapted_fractions) if count < min(args.depths)]
     batch = benchmark_batch(args, device)
     rows = []
-    for adapted in adapted_counts(num_layers, args.adapted_fractions):
-        select_adapter_layers(num_layers, adapted)
-        for num_students in args.students:
+    for adapted in counts:
+        for num_students in [len(args.depths)] if args.depths else args.students:
             grad_diff = check_equivalence(setup, batch, num_students, adapted)
-            variants = [v for v in VARIANTS if v != "full" or adapted == max(adapted_counts(num_layers, args.adapted_fractions))]
+            variants = [v for v in VARIANTS if v != "full" or adapted == counts[0 if args.depths else -1]]
             runners = {variant: Runner(setup, variant, num_students, adapted) for variant in variants}
             for _ in range(args.warmup):
                 for runner in runners.values():
@@ -271,12 +288,16 @@ def run(args) -> dict:
                 for variant, runner in runners.items():  # interleaved
                     times[variant].append(runner.step(batch))
             del runners
+            depths = list(args.depths) if args.depths else [num_layers] * num_students
+            trunk = setup.cohort(num_students, adapted).shared_layers
             row = {
-                "K": num_students, "L": num_layers, "A": adapted, "max_grad_diff_vs_loop": grad_diff,
+                "K": num_students, "L": "+".join(map(str, depths)) if args.depths else num_layers,
+                "A": "all" if adapted is None else adapted,
+                "trunk": trunk, "max_grad_diff_vs_loop": grad_diff,
                 **{f"{variant}_s": statistics.median(values) for variant, values in times.items()},
             }  # fmt: skip
             row["loop_over_cohort"] = row["loop_s"] / row["cohort_s"]
-            row["ideal_loop_over_cohort"] = ideal_ratio(num_students, num_layers, adapted)
+            row["ideal_loop_over_cohort"] = ideal_ratio(depths, depths if adapted is None else [adapted] * num_students, trunk)
             row["of_ideal"] = row["loop_over_cohort"] / row["ideal_loop_over_cohort"]
             if not args.no_memory:  # the cohort's at every A; the loop's and the full models' where all three run
                 for variant in variants if "full" in variants else ["cohort"]:
@@ -338,6 +359,7 @@ def parse_args(argv=None):
                         help="base encoder: any supported architecture (nanonet_hf/architectures.py); packaged Hub ids "
                         "resolve offline")  # fmt: skip
     parser.add_argument("--num-layers", type=int, help="cut the base to its first N layers (L); default: all")
+    parser.add_argument("--depths", type=int, nargs="+", help="students of these depths (K = their number), e.g. 6 3")
     parser.add_argument("--students", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--adapted-fractions", type=float, nargs="+", default=[1 / 3, 1 / 2, 1.0],
                         help="A as fractions of L; K independent full models are timed at the largest A only")  # fmt: skip

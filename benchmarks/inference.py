@@ -2,6 +2,7 @@
 
     python benchmarks/inference.py                          # MiniLM-L6 students of 6, 3, 2 layers vs the SetFit MPNet teacher
     python benchmarks/inference.py --run_dir runs/trec6     # the family a finished run exported, with its accuracies
+    python benchmarks/inference.py --also sentence-transformers/all-MiniLM-L6-v2   # + SetFit on the students' body
     python benchmarks/inference.py --tiny --repeats 3       # a tiny random BERT: a smoke run
 
 The students are exported exactly as the trainer exports them (`export_family`: each student's LoRA merged into the
@@ -82,11 +83,12 @@ def run(args, base_path: str, folder: str) -> dict:
         rows[name] = {"layers": model.config.num_hidden_layers, "parameters": model.num_parameters(),
                       "accuracy": accuracy.get(path)}  # fmt: skip
         predictors[name] = classifier_predictor(model, AutoTokenizer.from_pretrained(path), max_length=args.max_length)
-    if args.teacher:
-        labeled = data["train"].select(range(12))
-        predictors["teacher " + args.teacher], parameters = teacher_predictor(args.teacher, labeled, args.max_length)
-        rows["teacher " + args.teacher] = {"layers": AutoConfig.from_pretrained(resolve_model_path(args.teacher)).num_hidden_layers,
-                                           "parameters": parameters, "accuracy": None}  # fmt: skip
+    labeled = data["train"].select(range(12))
+    others = [("teacher " + args.teacher, args.teacher)] if args.teacher else []
+    for name, model in others + [(f"SetFit {model}" if "/" in model else model, model) for model in args.also]:
+        predictors[name], parameters = teacher_predictor(model, labeled, args.max_length)
+        rows[name] = {"layers": AutoConfig.from_pretrained(resolve_model_path(model)).num_hidden_layers,
+                      "parameters": parameters, "accuracy": None}  # fmt: skip
     speeds = measure_speed(predictors, texts, repeats=args.repeats, warmup=args.warmup)
     for name, row in rows.items():
         row.update(speeds[name])
@@ -118,6 +120,7 @@ def main(argv=None) -> None:
     parser.add_argument("--run_dir", help="time the family a finished run exported (its students/ and results.json)")
     parser.add_argument("--teacher", default="sentence-transformers/all-mpnet-base-v2",
                         help="the teacher to time: a SetFit body or a classifier folder ('' for none)")  # fmt: skip
+    parser.add_argument("--also", nargs="*", default=[], help="more models to time the same way as the teacher")
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=3)

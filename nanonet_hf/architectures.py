@@ -8,8 +8,8 @@ they are written down here instead of guessed:
   (`student_layers`) and the shared trunk (`adapter_layers`) are counted in these.
 - `lora_targets`: the default LoRA targets, every linear layer of the encoder layers (attention and feed-forward;
   PEFT matches a name as a suffix, so `output.dense` is both the attention's and the feed-forward's output). PEFT has
-  no default for several of these models and would ask for `target_modules`; on TREC-6 (10 labels per class, seed 0)
-  these gave 85.0 against 83.4 for r=8 on the query and value projections alone (benchmarks/results/accuracy.md).
+  no default for several of these models and would ask for `target_modules` (what these targets measured against
+  the query and value projections alone is in docs/accuracy.md).
 - `head`: the modules of the classification model that make up its head above the encoder. Every student gets its
   own copy of each (PEFT `modules_to_save`), so a head that is more than one Linear trains per student too.
 - `base_pooler`: a pooler that belongs to the frozen base, above the encoder layers (BERT's `bert.pooler`, dense +

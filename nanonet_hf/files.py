@@ -69,3 +69,24 @@ def folder_fingerprint(path: str | os.PathLike, names: list[str] | None = None) 
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()[:16]
+
+
+def folder_parameters(path: str | os.PathLike) -> int | None:
+    """How many weights the `*.safetensors` files of a model folder hold (read from their headers, nothing loaded);
+    `None` for a path that is not a folder with such files (a Hub id)."""
+    from safetensors import safe_open
+
+    path = str(path)
+    files = sorted(n for n in os.listdir(path) if n.endswith(".safetensors")) if os.path.isdir(path) else []
+    if not files:
+        return None
+    total = 0
+    for name in files:
+        with safe_open(os.path.join(path, name), framework="pt") as handle:
+            for key in handle.keys():
+                shape = handle.get_slice(key).get_shape()
+                count = 1
+                for size in shape:
+                    count *= size
+                total += count
+    return total

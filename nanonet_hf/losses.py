@@ -226,7 +226,7 @@ def cohort_loss(
     *,
     temperature: float = 2.0,
     lambda_kd: float = 1.0,
-    lambda_mut: float = 1.0,
+    lambda_mut: float | torch.Tensor = 1.0,
     mutual_weight: float = 1.0,
     mutual_kind: str = "kl",
     kd_weights: torch.Tensor | None = None,
@@ -246,7 +246,8 @@ def cohort_loss(
         labels (`torch.Tensor`): `[B]` class ids, `-100` on unlabeled rows.
         teacher_logits (`torch.Tensor`, *optional*): `[B, C]`; without them (or with `lambda_kd` 0) KD is zero.
         temperature (`float`): the distillation temperature τ.
-        lambda_kd, lambda_mut (`float`): the weights of distillation and of the mutual term.
+        lambda_kd, lambda_mut (`float`): the weights of distillation and of the mutual term; `lambda_mut` may be a
+            `[K]` tensor, one weight per student (how much each learns from its peers).
         mutual_weight (`float`): r, the ramp-up of the mutual term ([`linear_rampup`]).
         mutual_kind (`str`): `"kl"` or `"mse"` ([`mutual_loss`]).
         kd_weights (`torch.Tensor`, *optional*): distillation row weights `[B]` or `[B, K]` (LLKD's

@@ -91,6 +91,10 @@ class MutualDistillationConfig(TrainingArguments):
         Weight of distillation from the teacher's logits, on unlabeled rows.
     lambda_mut (`float`, *optional*, defaults to `1.0`):
         Weight of the mutual loss between students, on all rows.
+    mutual_weights (`list[float]`, *optional*):
+        One factor of `lambda_mut` per student: how much each student learns from its peers (students of different
+        depths need not learn alike; `[0, 1]` lets the second learn from the first, not the other way). Defaults to
+        1 for every student.
     lambda_embedding (`float`, *optional*, defaults to `0.0`):
         Weight of embedding distillation, on all rows: each student's mean-pooled sentence embeddings relate the
         batch's texts (pairwise cosine similarities) as the teacher's embeddings do, the objective of SetFit's
@@ -250,6 +254,11 @@ class MutualDistillationConfig(TrainingArguments):
     )
     lambda_kd: float = field(default=1.0, metadata={"help": "Weight of distillation from the teacher (unlabeled rows)."})
     lambda_mut: float = field(default=1.0, metadata={"help": "Weight of the mutual loss between students."})
+    mutual_weights: list[float] | None = field(
+        default=None,
+        metadata={"help": "One factor of lambda_mut per student: how much each learns from its peers ('0 1': the "
+                  "second learns from the first only). Default: 1 for every student."},
+    )
     lambda_embedding: float = field(
         default=0.0,
         metadata={"help": "Weight of embedding distillation: the students' sentence embeddings match the teacher's "
@@ -427,6 +436,11 @@ class MutualDistillationConfig(TrainingArguments):
             raise ValueError(f"kd_weighting must be 'none' or 'confidence_need', got {self.kd_weighting!r}")
         if not 0 <= self.threshold_momentum <= 1:
             raise ValueError(f"threshold_momentum must be in [0, 1], got {self.threshold_momentum}")
+        if self.mutual_weights is not None:
+            if len(self.mutual_weights) != self.num_students or any(float(w) < 0 for w in self.mutual_weights):
+                raise ValueError(f"mutual_weights={list(self.mutual_weights)} must give one weight >= 0 per student "
+                                 f"(num_students={self.num_students})")  # fmt: skip
+            self.mutual_weights = [float(weight) for weight in self.mutual_weights]
         if not 0 <= self.rampup_ratio <= 1:
             raise ValueError(f"rampup_ratio must be in [0, 1], got {self.rampup_ratio}")
         if self.speed_repeats < 0:

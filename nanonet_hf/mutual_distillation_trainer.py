@@ -37,7 +37,7 @@ from .data import (
     unlabeled_rows,
 )
 from .export import export_family, export_student
-from .files import atomic_directory, write_json
+from .files import atomic_directory, folder_parameters, write_json
 from .hub.card import CardData, CardDataCallback, learning_curves, package_versions, write_model_card
 from .hub.push import PushResult, check_repo_id, push_student
 from .inference import predict_logits
@@ -527,7 +527,7 @@ class MutualDistillationTrainer(Trainer):
         ramp = linear_rampup(self.state.global_step, self.state.max_steps, ratio=args.rampup_ratio) if model.training else 1.0
         terms = cohort_loss(
             logits, labels, teacher_logits, temperature=args.temperature, lambda_kd=args.lambda_kd,
-            lambda_mut=args.lambda_mut, mutual_weight=ramp, mutual_kind=args.mutual_loss, kd_weights=kd_weights,
+            lambda_mut=args.lambda_mut * self._mutual_weights(logits), mutual_weight=ramp, mutual_kind=args.mutual_loss, kd_weights=kd_weights,
             embeddings=embeddings, teacher_embeddings=teacher_embeddings,
             lambda_embedding=args.lambda_embedding if embeddings is not None else 0.0,
         )  # fmt: skip
@@ -553,6 +553,11 @@ class MutualDistillationTrainer(Trainer):
         if mode == "train":
             metrics["mutual_weight"].append(args.lambda_mut * ramp)
         return (loss, logits) if return_outputs else loss
+
+    def _mutual_weights(self, logits: torch.Tensor) -> torch.Tensor | float:
+        """`args.mutual_weights` as a `[K]` tensor beside `logits` (each student's share of λ_mut), or 1."""
+        weights = self.args.mutual_weights
+        return 1.0 if weights is None else torch.tensor(weights, dtype=torch.float32, device=logits.device)
 
     def _views(
         self,
@@ -752,7 +757,8 @@ class MutualDistillationTrainer(Trainer):
         settings = {
             **self.args.to_dict(),
             "output_dir": os.path.join(self.args.output_dir, "supervised_only"),
-            "num_students": 1, "lambda_kd": 0.0, "lambda_mut": 0.0, "lambda_embedding": 0.0, "kd_weighting": "none",
+            "num_students": 1, "lambda_kd": 0.0, "lambda_mut": 0.0, "mutual_weights": None, "lambda_embedding": 0.0,
+            "kd_weighting": "none",
             "student_layers": [",".join(map(str, plan.students[chosen]))],  # the chosen student's own layers
             "adapter_layers": ",".join(map(str, own_adapted)) if self.args.adapter_layers is not None else None,
             "student_views": None,
@@ -854,6 +860,7 @@ class MutualDistillationTrainer(Trainer):
                 "teacher_temperature_fit": self.teacher_calibration,  # "fit": what it was fitted from
                 "lambda_kd": args.lambda_kd,
                 "lambda_mut": args.lambda_mut,
+                "mutual_weights": args.mutual_weights,
                 "lambda_embedding": args.lambda_embedding,
                 "mutual_loss": args.mutual_loss,
                 "kd_weighting": args.kd_weighting,
@@ -936,7 +943,7 @@ class MutualDistillationTrainer(Trainer):
             predictors[rows[-1]["name"]] = classifier_predictor(model, tokenizer, max_length=self.args.max_length)
         if self.teacher is not None or cohort.teacher is not None:
             teacher = results.get("teacher") or {}
-            rows.append({"name": "teacher", "teacher": True, "layers": None, "parameters": None,
+            rows.append({"name": "teacher", "teacher": True, **_teacher_size(cohort.teacher or self.teacher),
                          "accuracy": teacher.get("accuracy"), "macro_f1": teacher.get("macro_f1")})  # fmt: skip
             if cohort.teacher is not None:  # online: the classifier as it ended up
                 predictors["teacher"] = classifier_predictor(cohort.teacher, self.processing_class, max_length=self.args.max_length)
@@ -1038,6 +1045,18 @@ def _map_eval(eval_dataset: Dataset | dict | None, function: Callable[[Dataset, 
     if isinstance(eval_dataset, dict):
         return {key: one(rows, f"eval_dataset[{key!r}]") for key, rows in eval_dataset.items()}
     return one(eval_dataset, "eval_dataset") if eval_dataset is not None else None
+
+
+def _teacher_size(teacher) -> dict:
+    """The teacher's layers and weights for the family table, where they can be read without loading it: an in-memory
+    classifier, or the folder of a classifier or of a SetFit body (its logistic head's few weights not counted)."""
+    if isinstance(teacher, PreTrainedModel):
+        return {"layers": teacher.config.num_hidden_layers, "parameters": teacher.num_parameters()}
+    folder = teacher.body_name_or_path if isinstance(teacher, SetFitTeacher) else teacher
+    if not isinstance(folder, (str, os.PathLike)) or not os.path.isdir(folder):
+        return {"layers": None, "parameters": None}
+    config = AutoConfig.from_pretrained(folder)
+    return {"layers": getattr(config, "num_hidden_layers", None), "parameters": folder_parameters(folder)}
 
 
 def _speed_texts(eval_dataset: Dataset | dict | None, train_dataset: Dataset) -> list[str]:

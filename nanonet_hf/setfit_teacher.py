@@ -9,6 +9,7 @@ labeled rows, settings, seed). Training is lazy, on the first `logits()` call, s
 (or a second process reading the main one's cache) never trains it.
 """
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -78,7 +79,7 @@ class SetFitTeacher:
 
             set_seed(self.settings["seed"])
             model = SetFitModel.from_pretrained(self.body_name_or_path)
-            with tempfile.TemporaryDirectory() as scratch:
+            with tempfile.TemporaryDirectory() as scratch, keep_accelerate_state():
                 args = TrainingArguments(output_dir=scratch, show_progress_bar=False, **self.settings)
                 Trainer(model=model, args=args, train_dataset=self.labeled).train()
             self._model = model
@@ -117,6 +118,27 @@ class SetFitTeacher:
         if not self.remember_embeddings:
             self._embedded.clear()
         return found.astype(np.float32)
+
+
+@contextlib.contextmanager
+def keep_accelerate_state():
+    """Restore accelerate's process state after SetFit trains. SetFit's trainer builds transformers
+    `TrainingArguments` of its own, whose device setup clears accelerate's shared `PartialState`/`AcceleratorState`
+    (`AcceleratorState._reset_state(reset_partial_state=True)`) and builds them anew from its own settings: without
+    the run's `use_cpu`, several CPU processes each get a state of their own (process 0 of 1). The trainer's
+    accelerator, created afterwards from that state, would then train every process alone on all the data, and
+    every process would write the exports. Those shared dicts are accelerate's internals; this is the one place
+    nanonet_hf touches them (tests/test_distributed.py runs a SetFit teacher under two processes)."""
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    saved = [(state, dict(state._shared_state)) for state in (PartialState, AcceleratorState, GradientState)]
+    try:
+        yield
+    finally:
+        for state, values in saved:
+            if values:  # a state that was never set up is left as SetFit made it
+                state._shared_state.clear()
+                state._shared_state.update(values)
 
 
 def train_in_every_process(teachers) -> None:

@@ -146,7 +146,8 @@ def tiny_run(tiny_model_dir, tmp_path_factory) -> str:
         "--model_name_or_path", tiny_model_dir, "--labeled_file", pool, "--eval_file", test, "--labels_per_class", "4",
         "--num_students", "2", "--student_layers", "3", "2", "--max_steps", "4", "--per_device_train_batch_size", "8",
         "--eval_strategy", "steps", "--eval_steps", "2", "--teacher_num_train_epochs", "1", "--learning_rate", "0.01",
-        "--max_length", "16", "--report_to", "none", "--output_dir", str(run),
+        "--max_length", "16", "--report_to", "none", "--output_dir", str(run), "--setfit_body", "null",
+        "--speed_repeats", "2",
     ]  # fmt: skip
     recipe.main(*recipe.parse_args(argv))
     return str(run)

@@ -381,6 +381,9 @@ def test_an_unsupported_architecture_is_refused_before_loading_weights(tmp_path)
 def test_modernbert_cut_must_keep_its_first_layer(checkpoints):
     with pytest.raises(ValueError, match="drops layer 0, which ModernBERT builds differently"):
         build(checkpoints("modernbert-cls", "classifier"), student_layers="1,2")
+    # one student of a family may not drop it either, and the message names that student
+    with pytest.raises(ValueError, match=r"student_layers\[1\]=\[1, 2\] drops layer 0, which ModernBERT"):
+        build(checkpoints("modernbert-mean", "pretrained"), student_layers=[3, "1,2", 2])
 
 
 def test_deberta_with_a_convolution_layer_is_refused(tmp_path):

@@ -2,6 +2,7 @@
 they live in benchmarks/results/)."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -42,7 +43,9 @@ def test_accuracy_benchmark_quick_mode_writes_table_json_and_plot(tmp_path):
     assert "| nanonet: chosen student |" in table
     cohort = next(run for run in runs if run.method == "nanonet K=2: chosen student")
     assert set(cohort.extra["picks"]) == {"teacher", "ensemble"} and cohort.extra["picks"]["teacher"] == cohort.extra["chosen"]
-    assert "### Selection rules over 1 cohort runs (K > 1)" in table
+    assert re.search(r"### Selection rules over \d+ cohort runs \(K > 1\)", table)
+    # the default nanonet is a family: a row per student, by its depth
+    assert {"nanonet: 6-layer student", "nanonet: 3-layer student"} <= methods
     assert (tmp_path / "accuracy.png").stat().st_size > 10_000
 
 
@@ -133,3 +136,36 @@ def test_selection_report_counts_each_rules_best_picks_and_its_shortfall():
     assert "| teacher | 1 of 2 | 5.00 | 10.00 |" in lines
     assert "| ensemble | 2 of 2 | 0.00 | 0.00 |" in lines
     assert benchmark.selection_report(runs[2:]) == []
+
+
+def test_cohort_speed_ideal_ratio_of_a_family_and_of_equal_students():
+    benchmark = load_script("benchmarks", "cohort_speed.py")
+    # K = 4 students of 6 layers adapting the top 2: the trunk of 4 layers runs once
+    assert benchmark.ideal_ratio([6] * 4, [2] * 4, 4) == pytest.approx(4 * (6 + 2) / ((6 - 2) + 2 * 4 * 2))
+    # a 6-layer and a 3-layer student with LoRA everywhere share nothing but the embeddings: no saving to expect
+    assert benchmark.ideal_ratio([6, 3], [6, 3], 0) == pytest.approx(1.0)
+    # each adapting its top layer: layers 0-1 run once (the 3-layer student's top layer is layer 2)
+    assert benchmark.ideal_ratio([6, 3], [1, 1], 2) == pytest.approx((7 + 4) / (2 + (4 + 1) + 2))
+
+
+def test_cohort_speed_times_a_family_after_checking_it_against_the_loop(capsys):
+    """The mixed-depth row: before timing, the cohort and the loop of separate PEFT forwards (each student on its own
+    layers) must give the same loss and gradients (check_equivalence raises otherwise)."""
+    benchmark = load_script("benchmarks", "cohort_speed.py")
+    benchmark.main(["--tiny", "--depths", "6", "3", "--steps", "1", "--warmup", "0", "--no-memory", "--batch-size", "4",
+                    "--seq-len", "16", "--adapted-fractions", "0.34"])  # fmt: skip
+    out = capsys.readouterr().out
+    # LoRA on every layer of each student (the default), then on each student's top layer (a trunk of 2 layers)
+    assert "K=2 L=6+3 A=all" in out and "K=2 L=6+3 A=1" in out and "| 2 | 6+3 | 1 |" in out
+
+
+def test_inference_benchmark_times_the_exported_family_beside_the_teacher(tmp_path, capsys):
+    benchmark = load_script("benchmarks", "inference.py")
+    benchmark.main(["--tiny", "--repeats", "1", "--warmup", "0", "--depths", "6", "3", "--json", str(tmp_path / "speed.json")])
+    saved = json.loads((tmp_path / "speed.json").read_text())
+    rows = saved["rows"]
+    assert {"student, 6 layers", "student, 3 layers"} <= set(rows) and any(name.startswith("teacher") for name in rows)
+    assert rows["student, 6 layers"]["parameters"] > rows["student, 3 layers"]["parameters"]
+    for row in rows.values():
+        assert row["batch_1_ms"] > 0 and row["batch_32_ms"] > 0 and "speedup_batch_32" in row
+    assert "| student, 3 layers | 3 |" in capsys.readouterr().out

@@ -47,7 +47,8 @@ def launch(num_processes: int, per_device_batch: int, run_files, tiny_model_dir,
         os.path.join(ROOT, "recipes", "train.py"),
         "--model_name_or_path", tiny_model_dir, "--teacher_name_or_path", run_files["teacher"],
         "--labeled_file", run_files["pool"], "--eval_file", run_files["test"], "--labels_per_class", "4",
-        "--num_students", "2", "--per_device_train_batch_size", str(per_device_batch), "--max_steps", "6",
+        "--num_students", "2", "--student_layers", "3", "2",  # a 3-layer and a 2-layer student of the tiny base
+        "--per_device_train_batch_size", str(per_device_batch), "--max_steps", "6",
         "--learning_rate", "0.01", "--max_length", "16", "--supervised_baseline", "false",
         "--save_strategy", "no", "--eval_strategy", "no", "--report_to", "none", "--logging_steps", "1",
         "--seed", "0", "--output_dir", str(out), "--disable_tqdm", "true", "--log_level", "info",
@@ -81,12 +82,15 @@ def test_two_processes_match_one_at_the_same_global_batch(run_files, tiny_model_
         assert a["accuracy"] == pytest.approx(b["accuracy"], abs=1e-9) and a["macro_f1"] == pytest.approx(b["macro_f1"], abs=1e-9)
     assert one["chosen_student"] == two["chosen_student"]
 
-    # the exported student: same weights up to the order of floating-point reductions
+    # the exported students (the chosen one, and the family of a 3-layer and a 2-layer student): same weights up to
+    # the order of floating-point reductions
+    for folder in ("student", "students/student_0", "students/student_1"):
+        weights_one = safetensors.torch.load_file(tmp_path / "one" / folder / "model.safetensors")
+        weights_two = safetensors.torch.load_file(tmp_path / "two" / folder / "model.safetensors")
+        assert weights_one.keys() == weights_two.keys()
+        for name in weights_one:
+            torch.testing.assert_close(weights_two[name], weights_one[name], atol=1e-5, rtol=1e-4)
     weights_one = safetensors.torch.load_file(tmp_path / "one" / "student" / "model.safetensors")
-    weights_two = safetensors.torch.load_file(tmp_path / "two" / "student" / "model.safetensors")
-    assert weights_one.keys() == weights_two.keys()
-    for name in weights_one:
-        torch.testing.assert_close(weights_two[name], weights_one[name], atol=1e-5, rtol=1e-4)
     # the weights really moved in training: the comparison is not between two untrained models
     base = safetensors.torch.load_file(os.path.join(tiny_model_dir, "model.safetensors"))
     query = next(name for name in weights_one if name.endswith("attention.self.query.weight"))
@@ -94,7 +98,7 @@ def test_two_processes_match_one_at_the_same_global_batch(run_files, tiny_model_
 
     # the main process alone wrote the exports: one folder each, no leftovers of a second writer
     assert sorted(name for name in os.listdir(tmp_path / "two") if not name.startswith(("runs", "trainer_state"))) == [
-        "results.json", "student", "student_adapter", "student_base",
+        "results.json", "student", "student_adapter", "student_base", "students",
     ]  # fmt: skip
 
 
@@ -140,3 +144,12 @@ def test_a_setfit_teacher_and_its_fitted_temperature_under_two_processes(run_fil
     assert single.stderr.count("Num unique pairs") == 4 and double.stderr.count("Num unique pairs") == 8, double.stderr[-3000:]
     assert double.stderr.count("Teacher temperature fitted") == 2  # each process read the same folds' logits
     assert two["students"] is not None and two["cohort"]["steps"] == 6
+    # SetFit's own TrainingArguments reset accelerate's process state; once it has trained, the run is one gloo group
+    # again (setfit_teacher.keep_accelerate_state): the cohort trains as one process does at the same global batch,
+    # and the main process alone prints the table and writes the exports
+    assert one["students"] == two["students"] and double.stdout.count("| teacher") == 2  # results and family tables
+    for folder in ("student", "students/student_0", "students/student_1"):
+        weights_one = safetensors.torch.load_file(tmp_path / "one" / folder / "model.safetensors")
+        weights_two = safetensors.torch.load_file(tmp_path / "two" / folder / "model.safetensors")
+        for name in weights_one:
+            torch.testing.assert_close(weights_two[name], weights_one[name], atol=1e-5, rtol=1e-4)

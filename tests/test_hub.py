@@ -16,6 +16,7 @@ import pytest
 from huggingface_hub import ModelCard, SpaceCard
 
 from nanonet_hf.hub import PushError, model_card, push_space, push_student, write_space
+from nanonet_hf.files import folder_parameters
 from nanonet_hf.hub.card import LEARNING_CURVE_FILE
 
 from .conftest import LABELS, make_texts
@@ -273,7 +274,10 @@ def test_the_card_shows_the_family_with_its_speed(tiny_run):
     results = json.loads(Path(os.path.join(tiny_run, "results.json")).read_text())
     teacher = next(row for row in results["family"] if row.get("teacher"))
     card = ModelCard.load(os.path.join(tiny_run, "students", "student_1", "README.md"))
-    assert "## Accuracy and speed" in card.text and "| teacher | – | – |" in card.text
+    assert "## Accuracy and speed" in card.text
+    # the teacher, SetFit on the tiny base: its body's 3 layers and weights, read from its folder
+    assert (teacher["layers"], teacher["parameters"]) == (3, folder_parameters(results["base_model"]))
+    assert f"| teacher | 3 | {teacher['parameters'] / 1e6:.1f}M |" in card.text
     for k, depth in enumerate([3, 2]):
         row = results["family"][k]
         assert (row["student"], row["layers"], row["dir"]) == (k, depth, f"students/student_{k}")

@@ -129,3 +129,14 @@ def test_cohort_loss_is_the_weighted_sum_of_its_terms(logits):
         cohort_loss(logits, labels, teacher, kd_weights=weights).distillation,
         distillation_loss(logits, teacher, temperature=2.0, weights=weights),
     )
+
+
+def test_per_student_mutual_weights_scale_each_students_mutual_term():
+    torch.manual_seed(0)
+    logits, labels = torch.randn(6, 2, 3, requires_grad=True), torch.tensor([0, 1, -100, -100, -100, -100])
+    both = cohort_loss(logits, labels, lambda_mut=1.0)
+    one_way = cohort_loss(logits, labels, lambda_mut=torch.tensor([0.0, 1.0]))
+    torch.testing.assert_close(one_way.per_student[1], both.per_student[1])  # student 1 still learns from student 0
+    torch.testing.assert_close(one_way.per_student[0], both.supervised[0] + both.distillation[0])  # student 0 does not
+    one_way.total.backward()
+    assert logits.grad is not None

@@ -23,19 +23,23 @@ def make(tiny_model_dir, tokenizer, train, tmp_path, teacher_model, **overrides)
     # LoRA r=2 on query/value: the tiny teacher (its 0.1M weights) stays larger than the three students' adapters
     args = make_args(tmp_path, online_teacher=True, online_teacher_learning_rate=3e-3, lora_r=2,
                      lora_target_modules=["query", "value"], **overrides)  # fmt: skip
-    cohort = StudentCohort.from_pretrained(tiny_model_dir, id2label=ID2LABEL, num_students=3, lora_config=args.lora_config())
+    cohort = StudentCohort.from_pretrained(tiny_model_dir, id2label=ID2LABEL, num_students=3, lora_config=args.lora_config(),
+                                           student_layers=args.student_layers)  # fmt: skip
     return MutualDistillationTrainer(
         model=cohort, args=args, train_dataset=train, processing_class=tokenizer, teacher_model=teacher_model
     )
 
 
+@pytest.mark.parametrize("student_layers", [None, [3, 1, "0,2"]], ids=["one-depth", "mixed-depths"])
 @pytest.mark.parametrize("lambda_teacher_mutual", [0.0, 0.5])
-def test_online_teacher_trains_at_its_own_rate_and_is_the_target(tiny_model_dir, tokenizer, datasets, tmp_path, lambda_teacher_mutual):
+def test_online_teacher_trains_at_its_own_rate_and_is_the_target(tiny_model_dir, tokenizer, datasets, tmp_path, lambda_teacher_mutual,
+                                                                 student_layers):  # fmt: skip
     train, _ = datasets
     train = train.remove_columns("teacher_logits")  # the live teacher replaces the cached logits
     model = teacher(tiny_model_dir)
     before = {name: param.detach().clone() for name, param in model.named_parameters()}
-    trainer = make(tiny_model_dir, tokenizer, train, tmp_path, model, lambda_teacher_mutual=lambda_teacher_mutual)
+    trainer = make(tiny_model_dir, tokenizer, train, tmp_path, model, lambda_teacher_mutual=lambda_teacher_mutual,
+                   student_layers=student_layers)  # fmt: skip
     trainer.train()
     assert all(not torch.equal(before[name], param) for name, param in model.named_parameters())
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]

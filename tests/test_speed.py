@@ -43,3 +43,11 @@ def test_classifier_predictor_tokenizes_truncates_and_returns_the_models_logits(
         expected = model(**tokenizer(["the team score a goal today", "pasta"], truncation=True, max_length=4,
                                      padding=True, return_tensors="pt")).logits  # fmt: skip
     torch.testing.assert_close(logits, expected)
+
+
+def test_folder_parameters_reads_the_weights_from_the_safetensors_headers(tiny_model_dir, tmp_path):
+    from nanonet_hf.files import folder_parameters
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir)
+    assert folder_parameters(tiny_model_dir) == sum(param.numel() for param in model.state_dict().values())
+    assert folder_parameters("org/not-a-folder") is None and folder_parameters(str(tmp_path)) is None

@@ -166,6 +166,9 @@ def test_trainer_builds_the_cohort_from_a_model_path(tiny_model_dir, datasets, t
         ({"mutual_loss": "cosine"}, "mutual_loss"),
         ({"student_layers": "two"}, "student_layers"),
         ({"teacher_temperature": 0}, "teacher_temperature must be > 0"),
+        ({"mutual_weights": [1.0, 0.5]}, r"mutual_weights=\[1.0, 0.5\] must give one weight >= 0 per student \(num_students=3\)"),
+        ({"mutual_weights": [1.0, -1.0, 1.0]}, "mutual_weights"),
+        ({"speed_repeats": -1}, "speed_repeats must be >= 0"),
     ],
 )
 def test_config_refuses_bad_values(tmp_path, overrides, message):

@@ -55,11 +55,12 @@ def main() -> None:
     config = MutualDistillationConfig(
         output_dir=args.output_dir, max_steps=8, per_device_train_batch_size=8, num_students=3, learning_rate=1e-2,
         save_strategy="steps", save_steps=2, logging_steps=1, report_to="none", use_cpu=True, disable_tqdm=True,
-        seed=0,
+        seed=0, student_layers=[3, 1, "0,2"],  # students of different depths on the tiny 3-layer base
     )  # fmt: skip
     cohort = StudentCohort.from_pretrained(
-        args.model_dir, id2label=dict(enumerate(LABELS)), num_students=3, lora_config=config.lora_config(), seed=0
-    )
+        args.model_dir, id2label=dict(enumerate(LABELS)), num_students=3, lora_config=config.lora_config(),
+        student_layers=config.student_layers, seed=0,
+    )  # fmt: skip
     # Dropout in the frozen base, so that every step draws random numbers: resuming must restore the RNG too. (Not
     # LoRA dropout: PEFT's mixed batch visits the adapters in `set` order, which depends on PYTHONHASHSEED, so
     # its dropout masks differ between two processes even with one seed.)
