@@ -216,7 +216,7 @@ def peak_memory_probe(args) -> None:
         before = torch.cuda.memory_allocated(device)
     else:
         before = rss_mb()
-    runner = Runner(setup, args.probe, args.probe_students, args.probe_adapted)
+    runner = Runner(setup, args.probe, args.probe_students, args.probe_adapted or None)  # 0: every layer of each student
     for _ in range(2):
         runner.step(batch)
     if device.type == "cuda":
@@ -229,7 +229,7 @@ def peak_memory_probe(args) -> None:
 def peak_memory(args, variant: str, num_students: int, adapted: int) -> float:
     command = [
         sys.executable, __file__, "--probe", variant, "--probe-students", str(num_students),
-        "--probe-adapted", str(adapted), "--model-path", args.model_path, "--device", args.device,
+        "--probe-adapted", str(adapted if adapted is not None else 0), "--model-path", args.model_path, "--device", args.device,
         "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len),
     ]  # fmt: skip
     if args.num_layers is not None:

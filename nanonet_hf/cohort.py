@@ -201,7 +201,7 @@ class StudentCohort(nn.Module):
         self.shared_layers = None if trunk is None else min(trunk, plan.first_split)
         self.router = CohortRouter(
             peft_model, self.architecture, self.student_names, layers, self.shared_layers, self.student_biases,
-            present=plan.present(),
+            present=plan.present(), first_adapted=[adapted[0] for adapted in plan.adapted],
         )  # fmt: skip
 
     @classmethod

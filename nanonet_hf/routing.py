@@ -74,6 +74,9 @@ class CohortRouter:
             (nothing is shared; inputs are repeated).
         student_biases ([`StudentBiases`], *optional*): bias-only students' offsets.
         present (`list`, *optional*): per layer, the students that keep it (`None`: all), from the layer plan.
+        first_adapted (`list[int]`, *optional*): per student, its first adapted layer. A student's rows need no
+            backward below it (nothing of that student trains there), so above the trunk its block is cut from the
+            graph where its own adapters begin.
     """
 
     def __init__(
@@ -85,12 +88,14 @@ class CohortRouter:
         first_student_layer: int | None,
         student_biases: StudentBiases | None = None,
         present: Sequence[list[int] | None] | None = None,
+        first_adapted: Sequence[int] | None = None,
     ):
         self.names = list(names)
         self.architecture = architecture
         self.first_student_layer = first_student_layer
         self.student_biases = student_biases
         self.present = list(present) if present is not None else [None] * len(layers)
+        self.first_adapted = list(first_adapted) if first_adapted is not None and first_student_layer is not None else None
         self.state: Routing | None = None
         base = peft_model.get_base_model()
         self.attn_implementation = getattr(base.config, "_attn_implementation", None)
@@ -118,7 +123,8 @@ class CohortRouter:
         self._hidden_name = next(iter(self._layer_signature.parameters))  # the hidden states come first
         for index in range(start, len(layers)):
             layer = layers[index]
-            enter = functools.partial(self._enter_layer, first=index == start, present=self.present[index])
+            starting = [k for k, first in enumerate(self.first_adapted or []) if first == index and index > start]
+            enter = functools.partial(self._enter_layer, first=index == start, present=self.present[index], starting=starting)
             layer.register_forward_pre_hook(enter, with_kwargs=True)
             if self.present[index] is not None:
                 layer.register_forward_hook(self._leave_layer, with_kwargs=True)
@@ -230,16 +236,21 @@ class CohortRouter:
                 bound.arguments[name] = value[: state.rows]
         return bound.args, bound.kwargs
 
-    def _enter_layer(self, module: nn.Module, args: tuple, kwargs: dict, *, first: bool, present: list[int] | None):
+    def _enter_layer(
+        self, module: nn.Module, args: tuple, kwargs: dict, *, first: bool, present: list[int] | None, starting: list[int]
+    ):
         """Pre-hook of each layer above the trunk: repeat the trunk's B rows K times (the hidden states at the first
         such layer; the batch-major inputs the model built once, at every one), then apply the views: each student's
         cut tokens leave the attention mask, its adversarial perturbation joins the hidden states entering its first
-        layer. A layer that only some students keep (`present`) then gets their blocks only."""
+        layer. The students whose adapters begin here (`starting`) get their blocks cut from the graph below (no
+        backward through layers where nothing of theirs trains), unless an adversarial perturbation needs that
+        gradient. A layer that only some students keep (`present`) then gets their blocks only."""
         state = self.state
         if state is None:
             return args, kwargs
         self._set_present(None)  # set anew at every layer (a recompute of gradient checkpointing may stop mid-layer)
-        if not state.trunk and state.views is None and present is None:
+        detach = bool(starting) and (state.views is None or state.views.perturbation is None)
+        if not state.trunk and state.views is None and present is None and not detach:
             return args, kwargs
         bound = self._layer_signature.bind(*args, **kwargs)
         arguments = bound.arguments
@@ -261,6 +272,12 @@ class CohortRouter:
                 for name, kind in self.architecture.layer_inputs.items():
                     if kind == "mask" and name in self._layer_signature.parameters:
                         arguments[name] = mask_keys(arguments.get(name), keep, hidden.dtype, self.attn_implementation)
+        if detach:
+            rows, hidden = state.rows, arguments[hidden_name]
+            arguments[hidden_name] = torch.cat([
+                hidden[k * rows : (k + 1) * rows].detach() if k in starting else hidden[k * rows : (k + 1) * rows]
+                for k in range(self.num_students)
+            ])  # fmt: skip
         if present is not None:  # only these students keep this layer: it runs on their blocks
             state.passing = arguments[hidden_name]
             for name in inputs:

@@ -4,6 +4,7 @@ from peft import IA3Config, LoHaConfig, LoraConfig
 from torch.utils.checkpoint import CheckpointError
 
 from nanonet_hf.cohort import StudentCohort
+from nanonet_hf.views import StudentViews
 from nanonet_hf.layer_plan import parse_layer_choice, parse_student_layers
 
 ID2LABEL = {0: "sport", 1: "food", 2: "tech"}
@@ -250,3 +251,32 @@ def test_adapter_types_that_cannot_mix_batches_are_refused(tiny_model_dir, confi
 def test_num_students_must_be_positive(tiny_model_dir):
     with pytest.raises(ValueError, match="num_students"):
         build(tiny_model_dir, num_students=0)
+
+
+def test_no_backward_below_where_a_students_adapters_begin(tiny_model_dir, batch):
+    """A 3-layer and a 2-layer student, each adapting its top layer: the trunk is layer 0; layer 1 runs both students'
+    rows (the 2-layer student's LoRA there), layer 2 the 3-layer student's alone. That student trains nothing below
+    layer 2, so its rows enter layer 2 cut from the graph: the backward does not run through layer 1 for them."""
+    cohort = build(tiny_model_dir, num_students=2, student_layers=[3, 2], adapter_layers=1).train()
+    assert cohort.shared_layers == 1
+    layer = cohort.peft_model.get_base_model().bert.encoder.layer[1]
+    outputs = []
+
+    def keep(module, args, kwargs, output):
+        output.retain_grad()
+        outputs.append(output)
+
+    rows = batch["input_ids"].shape[0]
+    for views, cut in ((None, True), (StudentViews(perturbation=torch.zeros(2, *batch["input_ids"].shape, 16)), False)):
+        outputs.clear()
+        handle = layer.register_forward_hook(keep, with_kwargs=True)
+        try:
+            cohort(**batch, views=views).pow(2).sum().backward()
+        finally:
+            handle.remove()
+            cohort.release_routing()
+        gradient = outputs[0].grad  # [2 B, L, H]: student 0's block, then student 1's
+        assert gradient[rows:].abs().sum() > 0  # the 2-layer student's rows: its LoRA and head are above
+        # the 3-layer student's rows: cut, unless an adversarial perturbation below needs their gradient
+        assert (gradient[:rows].abs().sum() == 0) == cut
+    assert all(param.grad is not None for param in cohort.parameters() if param.requires_grad)
