@@ -100,8 +100,9 @@ def results_table(results: dict) -> str:
         lines.append(_row(f"  {name[:26]}", metrics))
     depths = results["cohort"].get("depths") or []
     baseline = results.get("supervised_only")
-    layers = f", {baseline['layers']} layers" if baseline and "layers" in baseline and len(set(depths)) > 1 else ""
-    lines.append(_row(f"supervised-only student{layers}", baseline))
+    if baseline:  # trained only on request (train_supervised_baseline)
+        layers = f", {baseline['layers']} layers" if "layers" in baseline and len(set(depths)) > 1 else ""
+        lines.append(_row(f"supervised-only student{layers}", baseline))
     for k, metrics in enumerate(results["students"] or []):
         layers = f", {depths[k]} layers" if len(set(depths)) > 1 else ""
         mark = " (exported)" if k == results["chosen_student"] else ""
