@@ -70,12 +70,9 @@ from nanonet_hf.architectures import ARCHITECTURES
 from nanonet_hf.data import BUILTIN_VERBALIZERS, cap_rows
 from nanonet_hf.export import export_student
 from nanonet_hf.inference import predict_logits
-from nanonet_hf.llm_teacher import LLMTeacher
 from nanonet_hf.mutual_distillation_config import STUDENT_SELECTION_RULES
 from nanonet_hf.resources import resolve_model_path
-from nanonet_hf.setfit_teacher import SetFitTeacher
-from nanonet_hf.teacher import load_teacher
-from nanonet_hf.teacher_ensemble import TeacherEnsemble
+from nanonet_hf.teachers import LLMTeacher, SetFitTeacher, TeacherEnsemble, load_teacher
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
@@ -263,18 +260,18 @@ def run_nanonet(settings: dict, data, unlabeled, test, teacher, scratch: str, ex
     rules = [rule for rule in STUDENT_SELECTION_RULES if rule != config.student_selection] + [config.student_selection]
     picks = {rule: trainer.select_student(rule=rule) for rule in rules} if config.num_students > 1 else {}
     results = trainer.results()
-    chosen = results["chosen_student"]
+    chosen = results.chosen_student
     began = time.perf_counter()
     exported = None if export_to is None else export_student(
         trainer.accelerator.unwrap_model(trainer.model), chosen, export_to, trainer.processing_class
     ).student_dir
-    depths = results["cohort"]["depths"]
+    depths = results.depths
     # one weight per tensor needs students of one shape: no soup of students of different depths
     soup = soup_metrics(trainer, test, os.path.join(scratch, "soup")) if len(depths) > 1 and len(set(depths)) == 1 else None
-    return {"chosen": results["students"][chosen], "chosen_index": chosen, "ensemble": results["ensemble"], "picks": picks,
+    return {"chosen": results.students[chosen], "chosen_index": chosen, "ensemble": results.ensemble, "picks": picks,
             "soup": soup, "after_s": time.perf_counter() - began, "exported": exported, "depths": depths,
-            "students": results["students"], "teacher_temperature": results["training"]["teacher_temperature"],
-            "temperature_fitted": results["training"]["teacher_temperature_fit"] is not None}  # fmt: skip
+            "students": results.students, "teacher_temperature": results.training["teacher_temperature"],
+            "temperature_fitted": results.training["teacher_temperature_fit"] is not None}  # fmt: skip
 
 
 def run_setting(dataset: str, labels_per_class: int, seed: int, args, methods: set[str]) -> list[Run]:

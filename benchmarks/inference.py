@@ -16,7 +16,6 @@ batch 1 and at batch 32 of real TREC-6 test questions; throughput is texts per s
 
 import argparse
 import contextlib
-import json
 import os
 import tempfile
 
@@ -36,6 +35,7 @@ from nanonet_hf.cohort import StudentCohort
 from nanonet_hf.data import load_builtin_dataset
 from nanonet_hf.export import export_family
 from nanonet_hf.resources import resolve_model_path
+from nanonet_hf.results import RunResults
 from nanonet_hf.speed import classifier_predictor, cpu, measure_speed
 
 
@@ -65,10 +65,9 @@ def run(args, base_path: str, folder: str) -> dict:
     texts = list(data["test"]["text"])
     rows, predictors = {}, {}
     if args.run_dir:
-        with open(os.path.join(args.run_dir, "results.json")) as handle:
-            results = json.load(handle)
-        folders = [os.path.join(args.run_dir, row["dir"]) for row in results["family"] if not row.get("teacher")]
-        accuracy = {os.path.join(args.run_dir, row["dir"]): row.get("accuracy") for row in results["family"] if not row.get("teacher")}
+        students = [row for row in RunResults.load(args.run_dir).family if not row.get("teacher")]
+        folders = [os.path.join(args.run_dir, row["dir"]) for row in students]
+        accuracy = {os.path.join(args.run_dir, row["dir"]): row.get("accuracy") for row in students}
     else:
         id2label = dict(enumerate(data["test"].features["label"].names))
         cohort = StudentCohort.from_pretrained(

@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import quiet_transformers, report  # benchmarks/common.py
 
 from nanonet_hf.data import BUILTIN_VERBALIZERS, prepare_data
-from nanonet_hf.llm_teacher import LLMTeacher
+from nanonet_hf.teachers import LLMTeacher
 
 
 def main(argv=None) -> dict:

@@ -8,14 +8,20 @@ from .cohort import StudentCohort
 from .data import CohortCollator, FewShotData, MixedBatchSampler, load_builtin_dataset, prepare_data, training_dataset
 from .export import ExportedStudent, export_student
 from .generation import generate_unlabeled
-from .llm_teacher import LLMTeacher
 from .losses import cohort_loss, confidence_need_weights, distillation_loss, linear_rampup, mutual_loss, supervised_loss
 from .metrics import classification_metrics, cohort_metrics
 from .mutual_distillation_config import MutualDistillationConfig
 from .mutual_distillation_trainer import MutualDistillationTrainer
-from .setfit_teacher import SetFitTeacher
-from .teacher import add_teacher_embeddings, add_teacher_logits, train_teacher
-from .teacher_ensemble import TeacherEnsemble
+from .teachers import (
+    ClassifierTeacher,
+    LLMTeacher,
+    SetFitTeacher,
+    Teacher,
+    TeacherEnsemble,
+    add_teacher_embeddings,
+    add_teacher_logits,
+    train_teacher,
+)
 from .views import StudentViews, make_student_views
 from .weighting import AdaptiveThresholds
 
@@ -23,6 +29,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AdaptiveThresholds",
+    "ClassifierTeacher",
     "CohortCollator",
     "ExportedStudent",
     "FewShotData",
@@ -33,6 +40,7 @@ __all__ = [
     "StudentCohort",
     "SetFitTeacher",
     "StudentViews",
+    "Teacher",
     "TeacherEnsemble",
     "add_teacher_embeddings",
     "add_teacher_logits",

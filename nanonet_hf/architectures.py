@@ -40,6 +40,9 @@ from typing import Literal
 
 from transformers import PretrainedConfig
 
+# the kinds of student adapter that run K students in one mixed batch (LoRA, per-row routed; bias offsets)
+ADAPTER_TYPES = ("lora", "bias")
+
 
 @dataclass(frozen=True)
 class Architecture:

@@ -1,4 +1,4 @@
-"""A cohort of K students on ONE frozen base: build it, run every student in one forward, export its base.
+"""A cohort of K students on ONE frozen base: build it and run every student in one forward.
 
 Each student is an adapter (LoRA, named `student_0` … `student_{K-1}`, or bias offsets) with its own copy of the
 classification head (PEFT's `modules_to_save`) and its own layers of the base: students may differ in depth
@@ -15,7 +15,6 @@ import copy
 import logging
 import os
 from collections.abc import Sequence
-from typing import NamedTuple
 
 import torch
 from peft import LoraConfig, PeftConfig, PeftModel, TaskType, get_peft_model
@@ -23,83 +22,23 @@ from peft.tuners.lora import LoraLayer
 from peft.utils.constants import DUMMY_TARGET_MODULES
 from peft.utils.other import AuxiliaryTrainingWrapper
 from torch import nn
-from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel
+from transformers import AutoConfig, PreTrainedModel
 
-from .architectures import Architecture, architecture_of
+from .architectures import ADAPTER_TYPES, Architecture, architecture_of
+from .base_model import load_base
 from .bias_students import StudentBiases
 from .inference import mean_pool
-from .layer_plan import LayerPlan, encoder_layers, keep_layers, plan_layers, select_layers
-from .routing import CohortRouter, plain_state_dict
+from .layer_plan import LayerPlan, encoder_layers, keep_layers, plan_layers
+from .routing import CohortRouter
 from .views import StudentViews
 
 logger = logging.getLogger(__name__)
 
 STUDENT_PREFIX = "student_"
-ADAPTER_TYPES = ("lora", "bias")
 
 
 def student_name(index: int) -> str:
     return f"{STUDENT_PREFIX}{index}"
-
-
-class LoadedBase(NamedTuple):
-    model: PreTrainedModel
-    kept: list[int]  # the base layers kept
-    new_weights: list[str]  # weights the checkpoint did not hold, drawn from the seed
-
-
-def load_base(
-    model_name_or_path: str | os.PathLike,
-    *,
-    id2label: dict[int, str],
-    layers: Sequence[int] | None = None,
-    seed: int = 0,
-) -> LoadedBase:
-    """Load a sequence classifier with the label space `id2label`, cut to the base layers `layers` (all by default).
-
-    Weights the checkpoint lacks (the head; a pooler, when the checkpoint is a masked-LM or a bare encoder) are drawn
-    from `seed`, so the same call gives the same model. Only safetensors weights are loaded (`use_safetensors=True`),
-    and remote code is never trusted.
-    """
-    id2label = {int(index): str(name) for index, name in id2label.items()}
-    config = AutoConfig.from_pretrained(
-        model_name_or_path,
-        num_labels=len(id2label),
-        id2label=id2label,
-        label2id={name: index for index, name in id2label.items()},
-    )
-    # before loading weights: an unsupported architecture or a bad cut fails here
-    architecture = architecture_of(config) if layers is not None else None
-    kept = select_layers(config.num_hidden_layers, None if layers is None else list(layers), architecture)
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model, info = AutoModelForSequenceClassification.from_pretrained(
-                # a head for another label space is fine: every student re-initialises its own classifier
-                model_name_or_path, config=config, use_safetensors=True, ignore_mismatched_sizes=True,
-                output_loading_info=True,
-            )  # fmt: skip
-    except OSError as error:
-        if os.path.isdir(model_name_or_path) and not any(
-            name.endswith(".safetensors") for name in os.listdir(model_name_or_path)
-        ):
-            raise ValueError(
-                f"{model_name_or_path} holds no .safetensors weights; nanonet_hf loads safetensors only (pickle "
-                "weights can run code when loaded). Convert it with `save_pretrained` in a trusted environment."
-            ) from error
-        raise
-    new_weights = sorted({*info["missing_keys"], *(key for key, *_ in info["mismatched_keys"])})
-    if architecture is not None:
-        keep_layers(model, kept)
-    return LoadedBase(model, kept, new_weights)
-
-
-def check_base(model_name_or_path: str, args) -> Architecture:
-    """Read the base's config only and raise, before any weight is loaded, for an unsupported architecture or a layer
-    plan (`args.student_layers`, `args.adapter_layers`, `args.num_students`) it cannot take. `args`: a
-    [`MutualDistillationConfig`]."""
-    config = AutoConfig.from_pretrained(model_name_or_path)
-    return plan_layers(config, args.student_layers, args.adapter_layers, args.num_students)[0]
 
 
 def check_cohort_matches(cohort: "StudentCohort", args) -> None:
@@ -457,17 +396,6 @@ class StudentCohort(nn.Module):
     def student_heads(self, name: str) -> dict[str, nn.Module]:
         """Student `name`'s copy of each head module (PEFT `modules_to_save`), by its path in the base model."""
         return _student_heads(self.peft_model, name)
-
-    def frozen_base(self, student: int | None = None) -> PreTrainedModel:
-        """A plain classification model of the (cut) config holding the cohort's frozen base weights (including any
-        drawn at load), with the base's own head: what the students' adapters apply to. With `student`, cut further
-        to that student's own layers."""
-        model = AutoModelForSequenceClassification.from_config(copy.deepcopy(self.config))
-        model.load_state_dict(plain_state_dict(self.peft_model), strict=True)
-        model.config.architectures = [type(model).__name__]
-        if student is not None:
-            keep_layers(model, self.plan.positions[student])
-        return model.eval()
 
     # ---- activation (gradient) checkpointing, called by Trainer when `activation_checkpointing=True` ----
 

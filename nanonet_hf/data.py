@@ -6,7 +6,6 @@ checks its input before any work is done: errors name the file, column, label or
 
 import importlib.util
 import logging
-import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -114,6 +113,14 @@ BUILTIN_DATASET_INFO = {
     "trec6": ("CogComp/trec", "TREC-6 questions (Li & Roth 2002)"),
     "rotten_tomatoes": ("cornell-movie-review-data/rotten_tomatoes", "Rotten Tomatoes movie reviews (Pang & Lee 2005)"),
 }
+
+
+def dataset_info(name: str | None) -> tuple[str | None, str]:
+    """(the Hub dataset id or None, a readable name) of the data a run trained on: a built-in dataset's, or a file's
+    name."""
+    if name in BUILTIN_DATASET_INFO:
+        return BUILTIN_DATASET_INFO[name]
+    return None, os.path.basename(name) if name else "custom data"
 
 
 def check_builtin_dataset(name: str) -> None:
@@ -529,3 +536,17 @@ class CohortCollator:
             if column in rows[0]:
                 batch[column] = torch.tensor([row[column] for row in rows], dtype=torch.float32)
         return batch
+
+
+def id2label_from(*datasets: Dataset | dict | None) -> dict[int, str]:
+    """The label space of the first of `datasets` (or of a dict of them) with a `labels` or `label` ClassLabel column."""
+    for dataset in datasets:
+        for candidate in dataset.values() if isinstance(dataset, dict) else [dataset]:
+            for column in ("labels", "label"):
+                feature = candidate.features.get(column) if candidate is not None else None
+                if feature is not None and hasattr(feature, "names"):
+                    return dict(enumerate(feature.names))
+    raise ValueError(
+        "Cannot tell the label names to build a cohort from a model path: give train_dataset or eval_dataset a "
+        "`labels` ClassLabel column, or pass a StudentCohort built with `StudentCohort.from_pretrained(..., id2label=...)`."
+    )

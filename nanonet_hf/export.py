@@ -17,11 +17,12 @@ its own layers: `num_hidden_layers` and the per-layer config (ModernBERT's `laye
 adapter's layer numbers are renumbered to match. Bias-only students have no PEFT adapter: their export is the plain
 folder alone (the base with the student's bias offsets added and its head).
 
-The base is the cohort's own frozen base ([`StudentCohort.frozen_base`]), never the checkpoint loaded again: weights
+The base is the cohort's own frozen base ([`frozen_base`]), never the checkpoint loaded again: weights
 the checkpoint lacked were drawn once when the cohort was built, and a second load would draw them anew, giving an
 exported student that is not the one that was evaluated.
 """
 
+import copy
 import json
 import os
 import re
@@ -29,12 +30,14 @@ import shutil
 from dataclasses import dataclass
 
 import safetensors.torch
+import torch
 from peft import PeftModel
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from torch import nn
+from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
 
 from .cohort import StudentCohort, student_name
 from .files import atomic_directory, replace_directory
-from .layer_plan import encoder_layers
+from .layer_plan import encoder_layers, keep_layers
 
 FAMILY_DIR = "students"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -88,7 +91,7 @@ def export_student(
 
     with atomic_directory(os.path.join(output_dir, ".export")) as tmp:
         base_dir, adapter_dir, student_dir = (os.path.join(tmp, part) for part in ("base", "adapter", "student"))
-        base = cohort.frozen_base(k)  # cut to the student's own layers
+        base = frozen_base(cohort, k)  # cut to the student's own layers
         _save(base, tokenizer, base_dir)
         _save_adapter(cohort, k, adapter_dir, base_model_name_or_path=final.base_dir)
         tokenizer.save_pretrained(adapter_dir)
@@ -114,9 +117,34 @@ def export_family(cohort: StudentCohort, output_dir: str, tokenizer: PreTrainedT
                 continue
             adapter_dir = os.path.join(tmp, f".{name}-adapter")
             _save_adapter(cohort, k, adapter_dir)
-            _save(_merge(cohort.frozen_base(k), adapter_dir), tokenizer, folder)
+            _save(_merge(frozen_base(cohort, k), adapter_dir), tokenizer, folder)
             shutil.rmtree(adapter_dir)
     return [family_dir(output_dir, k) for k in range(cohort.num_students)]
+
+
+def frozen_base(cohort: StudentCohort, student: int | None = None) -> PreTrainedModel:
+    """A plain classification model of the cohort's (cut) config holding its frozen base weights (including any drawn
+    at load), with the base's own head: what the students' adapters apply to. With `student`, cut further to that
+    student's own layers."""
+    model = AutoModelForSequenceClassification.from_config(copy.deepcopy(cohort.config))
+    model.load_state_dict(plain_state_dict(cohort.peft_model), strict=True)
+    model.config.architectures = [type(model).__name__]
+    if student is not None:
+        keep_layers(model, cohort.plan.positions[student])
+    return model.eval()
+
+
+def plain_state_dict(peft_model: nn.Module) -> dict[str, torch.Tensor]:
+    """The frozen base's weights under the names of the plain model: PEFT's LoRA weights and head copies left out,
+    its `base_layer` / `original_module` wrappers unwrapped. The export loads them strictly into a fresh model of the
+    cut config, so a name this misses fails loudly."""
+    plain = {}
+    for name, tensor in peft_model.get_base_model().state_dict().items():
+        parts = name.split(".")
+        if any(part.startswith("lora_") for part in parts) or "modules_to_save" in parts:
+            continue
+        plain[".".join(part for part in parts if part not in ("base_layer", "original_module"))] = tensor
+    return plain
 
 
 def _save(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: str) -> None:
@@ -169,7 +197,7 @@ def _save_adapter(cohort: StudentCohort, k: int, folder: str, base_model_name_or
 
 def _merged_bias_student(cohort: StudentCohort, k: int) -> PreTrainedModel:
     """A bias-only student: a copy of the cohort's frozen base cut to its layers, its offsets added, its head."""
-    merged = cohort.frozen_base(k)
+    merged = frozen_base(cohort, k)
     cohort.student_biases.merge_into(encoder_layers(merged), k, positions=cohort.plan.positions[k])
     for path, head in cohort.student_heads(cohort.student_names[k]).items():
         merged.get_submodule(path).load_state_dict(head.state_dict())

@@ -3,10 +3,14 @@
 import contextlib
 import hashlib
 import json
+import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
+
+logger = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -90,3 +94,25 @@ def folder_parameters(path: str | os.PathLike) -> int | None:
                     count *= size
                 total += count
     return total
+
+
+def last_complete_checkpoint(output_dir: str) -> str | None:
+    """The newest `checkpoint-N` folder of `output_dir` that holds its trainer state and weights (Trainer writes the
+    state last, so a run killed while saving leaves a folder without it), or `None`."""
+    from transformers.trainer import TRAINER_STATE_NAME
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+    from transformers.utils import SAFE_WEIGHTS_NAME
+
+    if not os.path.isdir(output_dir):
+        return None
+    steps = sorted(
+        (int(match.group(1)), name)
+        for name in os.listdir(output_dir)
+        if (match := re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)", name))
+    )
+    for _, name in reversed(steps):
+        folder = os.path.join(output_dir, name)
+        if os.path.isfile(os.path.join(folder, TRAINER_STATE_NAME)) and os.path.isfile(os.path.join(folder, SAFE_WEIGHTS_NAME)):
+            return folder
+        logger.warning("Skipping the incomplete checkpoint %s (killed while saving?).", folder)
+    return None

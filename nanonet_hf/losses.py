@@ -270,3 +270,20 @@ def cohort_loss(
         embedding = torch.zeros_like(supervised)
     per_student = supervised + lambda_kd * distillation + lambda_mut * mutual_weight * mutual + lambda_embedding * embedding
     return CohortLoss(per_student.sum(), per_student, supervised, distillation, mutual, embedding)
+
+
+LOSS_TERMS = ("supervised", "distillation", "mutual", "embedding")
+
+
+def raise_if_not_finite(terms: torch.Tensor, *, step: int) -> None:
+    """`terms` `[processes, 5, K]` (supervised, distillation, mutual, embedding, total per student): stop at the first
+    NaN/inf with the step, the student and the loss term, before the optimizer can write it into the weights."""
+    bad = (~torch.isfinite(terms[:, :4])).nonzero()
+    if len(bad):
+        process, term, student = bad[0].tolist()
+        value = terms[process, term, student].item()
+        raise FloatingPointError(
+            f"Non-finite loss at step {step}: the {LOSS_TERMS[term]} loss of student {student} is {value} "
+            f"(process {process}; {len(bad)} non-finite term(s) in all). Check the teacher logits and the data, "
+            "or lower the learning rate; no weights were updated with it."
+        )

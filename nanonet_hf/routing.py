@@ -381,16 +381,3 @@ def _concat(outputs: list):
     if isinstance(first, tuple):
         return tuple(None if parts[0] is None else _concat(list(parts)) for parts in zip(*outputs))
     raise TypeError(f"Cannot join per-student outputs of type {type(first).__name__}")
-
-
-def plain_state_dict(peft_model: nn.Module) -> dict[str, torch.Tensor]:
-    """The frozen base's weights under the names of the plain model: PEFT's LoRA weights and head copies left out,
-    its `base_layer` / `original_module` wrappers unwrapped. The export loads them strictly into a fresh model of the
-    cut config, so a name this misses fails loudly."""
-    plain = {}
-    for name, tensor in peft_model.get_base_model().state_dict().items():
-        parts = name.split(".")
-        if any(part.startswith("lora_") for part in parts) or "modules_to_save" in parts:
-            continue
-        plain[".".join(part for part in parts if part not in ("base_layer", "original_module"))] = tensor
-    return plain

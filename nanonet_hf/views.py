@@ -119,3 +119,46 @@ def make_student_views(views: Sequence[str], attention_mask: torch.Tensor, *, cu
             [shuffled_positions(attention_mask) if view == "shuffle" else identity for view in views]
         )
     return StudentViews(key_mask=key_mask, position_order=position_order)
+
+
+def student_views(
+    names: Sequence[str],
+    cohort,
+    model_inputs: dict,
+    labels: torch.Tensor,
+    teacher_logits: torch.Tensor | None,
+    *,
+    temperature: float,
+    cutoff_rate: float,
+    adversarial_epsilon: float,
+) -> StudentViews | None:
+    """Each student's view (`names`) of a training batch for a [`StudentCohort`], or `None` when every student sees
+    it as is.
+
+    The adversarial view's step is the normalised gradient, w.r.t. a small random perturbation of its students'
+    input hidden states, of those students' own supervised + distillation loss: one extra forward of the (unwrapped:
+    no DDP gradient sync) cohort and a backward to the perturbation only (no parameter gets a gradient)."""
+    from .losses import IGNORE_INDEX, distillation_loss, supervised_loss
+
+    if all(view == "dropout" for view in names):
+        return None
+    views = make_student_views(names, model_inputs["attention_mask"], cutoff_rate=cutoff_rate)
+    if "adversarial" not in names:
+        return views
+    batch, length = model_inputs["input_ids"].shape
+    chosen = torch.tensor([view == "adversarial" for view in names], device=labels.device)
+    shape = (cohort.num_students, batch, length, cohort.config.hidden_size)
+    noise = adversarial_step(torch.randn(shape, device=labels.device), 1e-3) * chosen[:, None, None, None]
+    noise.requires_grad_(True)
+    views.perturbation = noise
+    try:
+        logits = cohort(**model_inputs, views=views).float()
+        loss = supervised_loss(logits, labels)
+        if teacher_logits is not None:
+            loss = loss + distillation_loss(logits, teacher_logits, temperature=temperature, weights=labels == IGNORE_INDEX)
+        loss = loss[chosen].sum()
+        gradient = torch.autograd.grad(loss, noise, allow_unused=True)[0] if loss.requires_grad else None
+    finally:
+        cohort.release_routing()
+    views.perturbation = adversarial_step(gradient.detach(), adversarial_epsilon) * chosen[:, None, None, None] if gradient is not None else None
+    return views

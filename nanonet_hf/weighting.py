@@ -10,6 +10,8 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
+from .losses import class_sums, confidence_need_weights
+
 
 class AdaptiveThresholds(TrainerCallback, ExportableState):
     """Per-class thresholds τ_T and τ_S, each moved as τ ← m·τ + (1 − m)·(batch mean of its class).
@@ -50,6 +52,38 @@ class AdaptiveThresholds(TrainerCallback, ExportableState):
             if count > 0:
                 self.teacher[c] = m * self.teacher[c] + (1 - m) * means[0][c]
                 self.student[c] = m * self.student[c] + (1 - m) * means[1][c]
+
+    def weigh(self, logits: torch.Tensor, teacher_logits: torch.Tensor, unlabeled: torch.Tensor, *, gather, training: bool,
+              id2label: dict) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
+        """LLKD weights `[B, K]` of a batch under the current thresholds ([`confidence_need_weights`]), and in training
+        the share of rows kept, per class (`kd_kept_{label}`) and in all (`kd_kept`), after moving the thresholds by
+        the batch's per-class means, summed over processes (`gather`: the accelerator's), so that every process keeps
+        the same ones."""
+        teacher_t, student_t = self.tensors(logits.device)
+        weights, keep, confidence, need, teacher_class = confidence_need_weights(
+            logits, teacher_logits, teacher_thresholds=teacher_t, student_thresholds=student_t, rows=unlabeled
+        )
+        kept_shares: dict[str, float] = {}
+        if training:
+            rows = unlabeled.nonzero().squeeze(-1)
+            classes = teacher_class[rows]
+            stats = torch.stack(
+                [
+                    class_sums(torch.ones_like(confidence[rows]), classes, self.num_classes),  # rows
+                    class_sums(confidence[rows], classes, self.num_classes),
+                    class_sums(need[rows].mean(-1), classes, self.num_classes),  # mean over students
+                    class_sums(keep[rows].float().mean(-1), classes, self.num_classes),  # share of students
+                ]
+            )  # [4, C]
+            counts, sums, kept = gather(stats[None]).sum(dim=0).split([1, 2, 1])
+            counts, kept = counts[0], kept[0]
+            for c in range(self.num_classes):
+                if counts[c] > 0:
+                    kept_shares[f"kd_kept_{id2label.get(c, c)}"] = (kept[c] / counts[c]).item()
+            if counts.sum() > 0:
+                kept_shares["kd_kept"] = (kept.sum() / counts.sum()).item()
+            self.update(sums, counts)
+        return weights, kept_shares
 
     def state(self) -> dict:
         return {

@@ -83,9 +83,9 @@ def main(args: PushArguments) -> int:
 
         if args.space_repo_id:
             results = read_results(args.run_dir)
-            space = {"title": args.space_title, "examples": results.get("examples", []), "license": args.license}
+            space = {"title": args.space_title, "examples": results.examples, "license": args.license}
             if args.family:  # the chosen student at REPO_ID, the others beside it
-                depths, chosen = results["cohort"]["depths"], results["chosen_student"]
+                depths, chosen = results.depths, results.chosen_student
                 space["models"] = {
                     f"student {k} ({depth} layers)": args.repo_id if k == chosen else family_repo_id(args.repo_id, k)
                     for k, depth in enumerate(depths)

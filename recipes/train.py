@@ -35,7 +35,7 @@ from datasets import concatenate_datasets
 from nanonet_hf import MutualDistillationConfig, MutualDistillationTrainer, generate_unlabeled, prepare_data
 from nanonet_hf.cli import parse_config
 from nanonet_hf.data import BUILTIN_VERBALIZERS
-from nanonet_hf.metrics import family_table, results_table, run_summary
+from nanonet_hf.results import RunResults, family_markdown, results_table, run_summary
 
 
 @dataclass
@@ -69,7 +69,7 @@ class ScriptArguments:
     )
 
 
-def main(script_args: ScriptArguments, training_args: MutualDistillationConfig) -> dict:
+def main(script_args: ScriptArguments, training_args: MutualDistillationConfig) -> RunResults:
     ################
     # Dataset (every input is checked here or in the trainer, before any training)
     ################
@@ -120,10 +120,10 @@ def main(script_args: ScriptArguments, training_args: MutualDistillationConfig) 
     trainer.save_model()  # the chosen student, its adapter, results.json; pushed too with --push_to_hub
     results = trainer.saved_results
     if trainer.is_world_process_zero():
-        family = family_table(results)
+        family = family_markdown(results)
         print("\n" + results_table(results) + "\n\n" + (family + "\n\n" if family else "") + run_summary(results)
               + f"\nExported: {training_args.output_dir}/student" + (f" (every student: {training_args.output_dir}/students/)"
-              if results["cohort"]["num_students"] > 1 else ""))  # fmt: skip
+              if results.cohort["num_students"] > 1 else ""))  # fmt: skip
     return results
 
 

@@ -10,9 +10,9 @@ from safetensors.torch import save_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertForSequenceClassification
 
 from nanonet_hf import MutualDistillationConfig, StudentCohort
-from nanonet_hf.cohort import load_base
+from nanonet_hf.base_model import load_base
 from nanonet_hf.data import prepare_data
-from nanonet_hf.teacher import check_teacher
+from nanonet_hf.teachers import check_teacher
 
 from .conftest import LABELS, make_texts, write_jsonl
 from .test_trainer import make_args, make_trainer

@@ -12,7 +12,7 @@ import safetensors.torch
 import torch
 from datasets import ClassLabel, Dataset, Features, Value
 
-from nanonet_hf.teacher import train_teacher
+from nanonet_hf.teachers import train_teacher
 
 from .conftest import LABELS, make_texts, write_jsonl
 
@@ -145,7 +145,7 @@ def test_a_setfit_teacher_and_its_fitted_temperature_under_two_processes(run_fil
     assert double.stderr.count("Teacher temperature fitted") == 2  # each process read the same folds' logits
     assert two["students"] is not None and two["cohort"]["steps"] == 6
     # SetFit's own TrainingArguments reset accelerate's process state; once it has trained, the run is one gloo group
-    # again (setfit_teacher.keep_accelerate_state): the cohort trains as one process does at the same global batch,
+    # again (teachers/setfit.py: keep_accelerate_state): the cohort trains as one process does at the same global batch,
     # and the main process alone prints the table and writes the exports
     assert one["students"] == two["students"] and double.stdout.count("| teacher") == 2  # results and family tables
     for folder in ("student", "students/student_0", "students/student_1"):

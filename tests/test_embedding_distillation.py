@@ -16,7 +16,7 @@ from nanonet_hf import MutualDistillationTrainer, StudentCohort, TeacherEnsemble
 from nanonet_hf.data import sample_per_class, tokenize, training_dataset
 from nanonet_hf.inference import predict_embeddings
 from nanonet_hf.losses import cohort_loss, embedding_loss
-from nanonet_hf.setfit_teacher import SetFitTeacher
+from nanonet_hf.teachers import SetFitTeacher
 
 from .conftest import LABELS
 from .test_pipeline import make_args, raw_splits

@@ -110,7 +110,8 @@ def test_card_front_matter_model_index_and_learning_curve(tiny_run):
 
 def test_card_names_the_hub_dataset_and_base_model(tiny_run):
     results = json.loads(Path(os.path.join(tiny_run, "results.json")).read_text())
-    results.update(dataset="trec6", base_model="sentence-transformers/all-MiniLM-L6-v2", learning_curve=None)
+    results.update(dataset="trec6", dataset_id="CogComp/trec", dataset_title="TREC-6 questions", learning_curve=None)
+    results.update(base_model="sentence-transformers/all-MiniLM-L6-v2")
     card = model_card(results, "alice/trec6-student", license="mit")
     data = ModelCard(str(card)).data.to_dict()  # the rendered text parses back
     assert data["datasets"] == ["CogComp/trec"] and data["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"

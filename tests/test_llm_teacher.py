@@ -13,9 +13,9 @@ from datasets import ClassLabel, Dataset, Features, Value
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from nanonet_hf import LLMTeacher, MutualDistillationTrainer, SetFitTeacher, TeacherEnsemble, add_teacher_logits
-from nanonet_hf.llm_teacher import calibration_bias, parse_verbalizers
+from nanonet_hf.teachers.llm import calibration_bias, parse_verbalizers
 from nanonet_hf.metrics import ensemble_log_probs
-from nanonet_hf.teacher_ensemble import fit_mixture_weights
+from nanonet_hf.teachers import Teacher, fit_mixture_weights
 
 from .conftest import LABELS, make_texts
 from .test_pipeline import make_args, raw_splits
@@ -139,11 +139,12 @@ def test_verbalizers_default_to_the_label_names_and_may_be_given_in_label_order(
     assert parse_verbalizers(["y=c", "x=a b"], ["x", "y"]) == ["a b", "c"]
 
 
-class FixedTeacher:
+class FixedTeacher(Teacher):
     """A teacher that predicts fixed log-probabilities per text and records the rows it was made from."""
 
     default_temperature = 1.0
     label_names = LABELS
+    name = "fixed"
 
     def __init__(self, table: dict, trained_on=()):
         self.table, self.trained_on = table, list(trained_on)
@@ -227,7 +228,7 @@ def test_the_recipe_runs_an_llm_teacher_and_refuses_bad_verbalizers_first(tiny_m
         "--max_steps", "2", "--per_device_train_batch_size", "8", "--max_length", "16", "--report_to", "none",
         "--output_dir", str(tmp_path / "run"), "--supervised_baseline", "false",
     ]  # fmt: skip
-    results = recipe.main(*recipe.parse_args(argv))
+    results = recipe.main(*recipe.parse_args(argv)).to_dict()
     assert results["teacher_name_or_path"].startswith("LLM tiny-llama") and "(1-shot, prior calibration)" in results["teacher_name_or_path"]
     assert 0 <= results["teacher"]["accuracy"] <= 1 and results["teachers"] is None
     assert set(results["llm_calibration"]) >= {"labeled_accuracy_uncalibrated", "labeled_accuracy_calibrated"}
@@ -262,7 +263,7 @@ def test_smollm2_teaches_a_minilm_student_on_the_builtin_datasets(dataset, tmp_p
     )  # fmt: skip
     assert isinstance(trainer.teacher, LLMTeacher) and trainer.teacher.gguf_file.endswith(".gguf")
     trainer.train()
-    results = trainer.results()
+    results = trainer.results().to_dict()
     report = results["llm_calibration"]
     print(f"{dataset}: SmolLM2-135M 1-shot on the labeled rows {report['labeled_accuracy_uncalibrated']:.3f} -> "
           f"{report['labeled_accuracy_calibrated']:.3f} calibrated; 100 test rows {results['teacher']['accuracy']:.3f}")

@@ -179,7 +179,7 @@ def test_recipe_on_the_real_mpnet_base_exports_a_plain_mpnet_student(tmp_path):
         "--teacher_num_train_epochs", "1", "--supervised_baseline",
         "false", "--max_length", "32", "--report_to", "none", "--output_dir", str(out),
     ]  # fmt: skip
-    results = recipe.main(*recipe.parse_args(argv))
+    results = recipe.main(*recipe.parse_args(argv)).to_dict()
     chosen = results["students"][results["chosen_student"]]
 
     result = subprocess.run(
@@ -223,7 +223,7 @@ def test_recipe_with_bias_students_views_an_online_teacher_and_generated_text(ti
     ]  # fmt: skip
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr("datasets.config.HF_DATASETS_CACHE", str(tmp_path / "cache"))
-    results = recipe.main(*recipe.parse_args(argv))
+    results = recipe.main(*recipe.parse_args(argv)).to_dict()
     assert results["cohort"]["adapter"] == "bias" and results["training"]["online_teacher"] is True
     budget = results["label_budget"]
     assert 1 <= budget["generated"] <= 3 and budget["unlabeled"] == 12 * 3 - 12 + budget["generated"]

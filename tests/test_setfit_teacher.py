@@ -6,7 +6,7 @@ import pytest
 
 from nanonet_hf import add_teacher_logits
 from nanonet_hf.data import sample_per_class, training_dataset
-from nanonet_hf.setfit_teacher import SetFitTeacher
+from nanonet_hf.teachers import SetFitTeacher
 
 
 def test_setfit_teacher_trains_lazily_and_its_cached_logits_need_no_training(tiny_model_dir, toy_pool, tmp_path):
@@ -48,7 +48,7 @@ def test_recipe_with_a_setfit_teacher(tiny_model_dir, tmp_path, monkeypatch):
         "--per_device_train_batch_size", "8", "--max_length", "16", "--report_to", "none", "--output_dir", str(tmp_path / "run"),
         "--supervised_baseline", "false",
     ]  # fmt: skip
-    results = recipe.main(*recipe.parse_args(argv))
+    results = recipe.main(*recipe.parse_args(argv)).to_dict()
     assert results["teacher_name_or_path"].startswith("SetFit (2 pair iterations)")
     assert 0 <= results["teacher"]["accuracy"] <= 1
     assert not (tmp_path / "run" / "teacher").exists()  # nothing pickled or saved for it

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from nanonet_hf import teacher as teacher_module
+from nanonet_hf.teachers import classifier as teacher_module
 from nanonet_hf.data import sample_per_class, training_dataset
-from nanonet_hf.teacher import add_teacher_logits, check_teacher, train_teacher
+from nanonet_hf.teachers import add_teacher_logits, check_teacher, train_teacher
 
 from .conftest import LABELS
 
@@ -48,3 +48,36 @@ def test_teacher_folder_is_a_plain_classifier(trained_teacher):
 
     model = AutoModelForSequenceClassification.from_pretrained(trained_teacher)
     assert list(model.config.id2label.values()) == LABELS
+
+
+def test_any_teacher_that_implements_the_interface_teaches(tiny_model_dir, toy_pool, tmp_path, monkeypatch):
+    """The trainer takes a built teacher through the one interface (`nanonet_hf.teachers.Teacher`): a user's own
+    kind of teacher needs a name, its label names, a fingerprint and logits, nothing else."""
+    from nanonet_hf import MutualDistillationTrainer, Teacher
+
+    from .test_pipeline import make_args, raw_splits
+
+    monkeypatch.setattr("datasets.config.HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    labeled, unlabeled, test = raw_splits(toy_pool)
+
+    class KeywordTeacher(Teacher):
+        name, fingerprint, label_names = "keywords", "keywords-v1", sorted(LABELS)
+
+        def logits(self, texts, batch_size=64):
+            words = {"food": ("pasta", "bread", "spicy"), "sport": ("goal", "team", "match"), "tech": ("code", "chip")}
+            return np.log(np.array([[0.1 + sum(w in text for w in words[c]) for c in self.label_names] for text in texts]))
+
+    trainer = MutualDistillationTrainer(model=tiny_model_dir, teacher_model=KeywordTeacher(), args=make_args(tmp_path),
+                                        train_dataset=labeled, unlabeled_dataset=unlabeled, eval_dataset=test)  # fmt: skip
+    rows = trainer.train_dataset
+    expected = KeywordTeacher().logits(list(rows["text"]))
+    np.testing.assert_allclose(np.asarray(rows["teacher_logits"]), expected, rtol=1e-5)
+    assert trainer.card_data.teacher_name == "keywords" and trainer.teacher_type == "custom"
+    trainer.train()
+    assert trainer.results().teacher["accuracy"] > 0
+    with pytest.raises(ValueError, match="The teacher keywords predicts labels"):
+        class Other(KeywordTeacher):
+            label_names = ["a", "b", "c"]
+
+        MutualDistillationTrainer(model=tiny_model_dir, teacher_model=Other(), args=make_args(tmp_path / "other"),
+                                  train_dataset=labeled, unlabeled_dataset=unlabeled)  # fmt: skip

@@ -11,7 +11,9 @@ from datasets import ClassLabel, Dataset, Features, Value
 from transformers import HfArgumentParser
 
 from nanonet_hf import MutualDistillationConfig, MutualDistillationTrainer, SetFitTeacher
-from nanonet_hf.teacher_calibration import (
+from nanonet_hf.teachers import ClassifierTeacher
+from nanonet_hf.teachers.factory import teachers_to_train
+from nanonet_hf.teachers.calibration import (
     TEMPERATURE_BOUNDS,
     cross_fitted_logits,
     cross_fitting_folds,
@@ -89,16 +91,13 @@ def test_cross_fitted_logits_come_from_teachers_made_without_the_row_and_are_cac
     assert found["held_out_accuracy"] == 1.0 and found["temperature"] < 1 and found["nll_after"] < found["nll_before"]
 
 
-def test_teachers_and_labels_that_cannot_be_cross_fitted_are_refused(tmp_path):
+def test_teachers_and_labels_that_cannot_be_cross_fitted_are_refused(tmp_path, tiny_model_dir):
     labeled = labeled_rows(per_class=2)
     with pytest.raises(ValueError, match=r"3 folds needs >= 3 labeled rows of every class; class 'sport' has 2"):
         cross_fitted_logits(FixedTeacher({}), labeled, folds=3)
 
-    class Folder(str):
-        pass
-
-    with pytest.raises(ValueError, match="cannot be cross-fitted"):
-        cross_fitted_logits(Folder(str(tmp_path)), labeled_rows(), folds=3)
+    with pytest.raises(ValueError, match="cannot be cross-fitted"):  # a classifier checkpoint cannot be retrained here
+        cross_fitted_logits(ClassifierTeacher(tiny_model_dir), labeled_rows(), folds=3)
 
 
 def test_the_config_reads_fit_or_a_number_from_the_command_line(tmp_path):
@@ -139,10 +138,11 @@ def test_the_trainer_fits_a_setfit_teachers_temperature_for_every_architecture(n
 
 def test_fit_is_refused_before_any_work_for_a_teacher_that_cannot_be_cross_fitted(tiny_model_dir, toy_pool, tmp_path, monkeypatch):
     import nanonet_hf.mutual_distillation_trainer as trainer_module
+    import nanonet_hf.teachers.factory as factory
 
     labeled, unlabeled, _ = raw_splits(toy_pool)
     monkeypatch.setattr(trainer_module.StudentCohort, "from_pretrained", lambda *a, **k: pytest.fail("work began"))
-    monkeypatch.setattr(trainer_module, "train_teacher", lambda *a, **k: pytest.fail("a teacher was trained"))
+    monkeypatch.setattr(factory, "train_teacher", lambda *a, **k: pytest.fail("a teacher was trained"))
     for teacher_type in ("fine_tune", "setfit+fine_tune"):
         with pytest.raises(ValueError, match=re.escape(f"a SetFit or LLM teacher, not '{teacher_type}'")):
             MutualDistillationTrainer(model=tiny_model_dir, args=make_args(tmp_path, teacher_type=teacher_type, teacher_temperature="fit"),
@@ -173,12 +173,12 @@ def test_a_multi_process_run_trains_first_the_very_fold_teachers_cross_fitting_u
     args = make_args(tmp_path, num_students=1, teacher_type="setfit+llm", llm_teacher=tiny_lm, llm_examples_per_class=0,
                      verbalizers=["food=pasta", "sport=goal", "tech=laptop"], teacher_ensemble_weights="fit", eval_strategy="no")  # fmt: skip
     trainer = MutualDistillationTrainer(model=tiny_model_dir, args=args, train_dataset=labeled, unlabeled_dataset=unlabeled)
-    listed = trainer._teachers_to_train(args)
+    listed = teachers_to_train(trainer.teacher, trainer.labeled, fit_temperature=False, seed=args.seed)
     assert [type(t).__name__ for t in listed] == ["SetFitTeacher", "LLMTeacher", *["SetFitTeacher"] * 3, *["LLMTeacher"] * 3]
     assert all(t._model is not None for t in listed if isinstance(t, SetFitTeacher))  # these were the ones it trained
 
     monkeypatch.setattr("datasets.config.HF_DATASETS_CACHE", str(tmp_path / "cache-2"))  # the SetFit logits above would hit
     args = make_args(tmp_path / "fit", num_students=1, teacher_type="setfit", teacher_temperature="fit", eval_strategy="no")
     trainer = MutualDistillationTrainer(model=tiny_model_dir, args=args, train_dataset=labeled, unlabeled_dataset=unlabeled)
-    listed = trainer._teachers_to_train(args)
+    listed = teachers_to_train(trainer.teacher, trainer.labeled, fit_temperature=True, seed=args.seed)
     assert len(listed) == 4 and listed[0] is trainer.teacher and all(t._model is not None for t in listed)

@@ -8,7 +8,7 @@ from transformers import AutoModelForSequenceClassification
 
 from nanonet_hf import MutualDistillationConfig, MutualDistillationTrainer, StudentCohort
 from nanonet_hf.data import CohortCollator, sample_per_class, tokenize, training_dataset
-from nanonet_hf.mutual_distillation_trainer import last_complete_checkpoint
+from nanonet_hf.files import last_complete_checkpoint
 from nanonet_hf.losses import IGNORE_INDEX
 
 from .conftest import LABELS

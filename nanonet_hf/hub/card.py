@@ -5,20 +5,18 @@
 helper renders the card again with the repository id, so that its how-to-load snippet names the repository.
 """
 
-import json
 import logging
 import math
 import os
 import re
 import time
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from importlib.resources import files
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from transformers import TrainerCallback
 
-from ..data import BUILTIN_DATASET_INFO
+from ..results import RunResults
 
 CARD_TEMPLATE = "student_card.md"
 LEARNING_CURVE_FILE = "learning_curve.png"
@@ -34,8 +32,6 @@ PHASES = {
     "export_s": "export",
     "total_s": "total",
 }
-# results.json keys the card cannot do without
-REQUIRED_KEYS = ("students", "ensemble", "teacher", "chosen_student", "label_budget", "cohort", "label_names")
 
 
 @dataclass
@@ -90,41 +86,9 @@ def template_path(name: str = CARD_TEMPLATE) -> str:
     return str(files("nanonet_hf.model_cards").joinpath(name))
 
 
-def package_versions(*names: str) -> dict[str, str]:
-    """Installed versions of the packages among `names` (missing ones are left out), for cards and requirements."""
-    found = {}
-    for name in names:
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            pass
-    return found
-
-
-def read_results(run_dir: str) -> dict:
-    """`run_dir/results.json`, checked for the keys the card needs."""
-    path = os.path.join(run_dir, "results.json")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} does not exist: pass the output_dir of a finished `recipes/train.py` run.")
-    with open(path) as handle:
-        results = json.load(handle)
-    missing = [key for key in REQUIRED_KEYS if key not in results]
-    if missing:
-        raise ValueError(f"{path} lacks {missing}; it was not written by `recipes/train.py` of this version.")
-    return results
-
-
-def learning_curves(log_history: list[dict], num_students: int) -> dict | None:
-    """Per-student (and ensemble) eval accuracy at each evaluation of a Trainer's `log_history`; None if none."""
-    curves = {"step": [], "students": [[] for _ in range(num_students)], "ensemble": []}
-    for entry in log_history:
-        if "eval_student_0_accuracy" not in entry:
-            continue
-        curves["step"].append(entry["step"])
-        for k in range(num_students):
-            curves["students"][k].append(entry[f"eval_student_{k}_accuracy"])
-        curves["ensemble"].append(entry.get("eval_ensemble_accuracy"))
-    return curves if curves["step"] else None
+def read_results(run_dir: str) -> RunResults:
+    """`run_dir/results.json` ([`RunResults.load`]), checked for what the card needs."""
+    return RunResults.load(run_dir)
 
 
 def plot_learning_curves(curves: dict, path: str, chosen_student: int | None = None) -> str:
@@ -157,12 +121,6 @@ def _margin(accuracy: float, n: int) -> float:
     return 1.96 * math.sqrt(max(accuracy * (1 - accuracy), 1e-12) / max(n, 1))
 
 
-def cohort_depths(results: dict) -> list[int]:
-    """Each student's number of layers, from a run's results."""
-    cohort = results["cohort"]
-    return cohort["depths"]
-
-
 def _per_student(value: int | list[int], k: int) -> int:
     return value[k] if isinstance(value, list) else value
 
@@ -183,16 +141,15 @@ def _family_rows(family: list[dict] | None, this: int) -> list[dict] | None:
     return rows
 
 
-def _dataset(results: dict) -> tuple[str | None, str]:
-    """(Hub dataset id or None, readable name)."""
-    name = results.get("dataset") or "custom data"
-    if name in BUILTIN_DATASET_INFO:
-        return BUILTIN_DATASET_INFO[name]
-    return None, os.path.basename(name)
+def _dataset(results: RunResults) -> tuple[str | None, str]:
+    """(Hub dataset id or None, readable name); results.json files of earlier versions hold the name only."""
+    if results.dataset_title is not None:
+        return results.dataset_id, results.dataset_title
+    return None, os.path.basename(results.dataset) if results.dataset else "custom data"
 
 
 def model_card(
-    results: dict,
+    results: "RunResults | dict",
     model_id: str,
     *,
     learning_curve_file: str | None = None,
@@ -203,7 +160,7 @@ def model_card(
     """Render a student's card from a run's results.
 
     Args:
-        results (`dict`): the run's `results.json`.
+        results ([`RunResults`] or `dict`): the run's `results.json`.
         model_id (`str`): the repository id (or local folder) that the how-to-load snippet names.
         learning_curve_file (`str`, *optional*): file name of the learning-curve picture beside the card.
         license (`str`, *optional*, defaults to `"apache-2.0"`): the license of the published weights; it must agree
@@ -211,14 +168,13 @@ def model_card(
         student (`int`, *optional*): the student the card is for (a member of the family, `students/student_{k}`);
             defaults to the chosen one.
     """
-    missing = [key for key in REQUIRED_KEYS if key not in results]
-    if missing:
-        raise ValueError(f"results lack {missing}; pass the results.json of a `recipes/train.py` run.")
-    chosen = results["chosen_student"]
+    if isinstance(results, dict):
+        results = RunResults.from_dict(results)
+    chosen = results.chosen_student
     this = chosen if student is None else student
-    student_scores = results["students"][this]
+    student_scores = results.students[this]
     dataset_id, dataset_pretty = _dataset(results)
-    base_model = results.get("base_model")
+    base_model = results.base_model
     base_is_hub_id = bool(base_model) and HUB_ID.match(base_model) is not None and not os.path.exists(base_model)
     model_name = model_id.rstrip("/").split("/")[-1]
 
@@ -249,22 +205,22 @@ def model_card(
             evals("f1", "Macro F1", student_scores["macro_f1"], {"average": "macro"}),
         ],
     )
-    depths = cohort_depths(results)
-    table = [dict(name="teacher", **results["teacher"])] if results.get("teacher") else []
-    for name, metrics in (results.get("teachers") or {}).items():  # an ensemble's members, each alone
+    depths = results.depths
+    table = [dict(name="teacher", **results.teacher)] if results.teacher else []
+    for name, metrics in (results.teachers or {}).items():  # an ensemble's members, each alone
         table.append(dict(name=f"teacher member: {name}", **metrics))
-    if results.get("supervised_only"):
-        baseline = results["supervised_only"]
+    if results.supervised_only:
+        baseline = results.supervised_only
         layers = f" ({baseline['layers']} layers)" if "layers" in baseline and len(set(depths)) > 1 else ""
         table.append(dict(name=f"supervised-only student{layers}", accuracy=baseline["accuracy"], macro_f1=baseline["macro_f1"]))
-    for k, metrics in enumerate(results["students"]):
+    for k, metrics in enumerate(results.students):
         name = f"student {k} ({depths[k]} layers)" if len(set(depths)) > 1 else f"student {k}"
         table.append(dict(name=f"**{name} (this model)**" if k == this else name, **metrics))
-    if len(results["students"]) > 1 and results.get("ensemble"):  # one student is its own ensemble
-        table.append(dict(name=f"ensemble of the {len(results['students'])} students", **results["ensemble"]))
+    if len(results.students) > 1 and results.ensemble:  # one student is its own ensemble
+        table.append(dict(name=f"ensemble of the {len(results.students)} students", **results.ensemble))
 
-    examples = results.get("examples") or ["An example text to classify."]
-    training = results.get("training") or {}
+    examples = results.examples or ["An example text to classify."]
+    training = results.training or {}
     return ModelCard.from_template(
         card_data,
         template_path=template_path(),
@@ -274,30 +230,30 @@ def model_card(
         base_model_path=base_model,
         dataset_id=dataset_id,
         dataset_pretty=dataset_pretty,
-        label_names=results["label_names"],
-        budget=results["label_budget"],
-        cohort=results["cohort"],
+        label_names=results.label_names,
+        budget=results.label_budget,
+        cohort=results.cohort,
         num_layers=depths[this],
-        layers=results["cohort"]["student_layers"][this],
+        layers=results.cohort["student_layers"][this],
         depths=depths,
         this_student=this,
-        trainable_parameters=_per_student(results["cohort"]["trainable_parameters_per_student"], this),
-        family=_family_rows(results.get("family"), this),
-        teacher_name=results.get("teacher_name_or_path", "a classifier with the same labels"),
+        trainable_parameters=_per_student(results.cohort["trainable_parameters_per_student"], this),
+        family=_family_rows(results.family, this),
+        teacher_name=results.teacher_name_or_path or "a classifier with the same labels",
         chosen_student=chosen,
-        selection=results.get("selection", "the run's selection rule"),
-        architecture=results.get("architecture", architecture),
+        selection=results.selection or "the run's selection rule",
+        architecture=architecture,
         training=training,
         results_table=table,
         learning_curve_file=learning_curve_file,
-        wall_time=[(PHASES.get(key, key), seconds) for key, seconds in (results.get("wall_time_s") or {}).items()],
-        has_supervised=bool(results.get("supervised_only")),
-        hardware=results.get("hardware"),
+        wall_time=[(PHASES.get(key, key), seconds) for key, seconds in (results.wall_time_s or {}).items()],
+        has_supervised=bool(results.supervised_only),
+        hardware=results.hardware,
         example_text=examples[0].replace("\\", "\\\\").replace('"', '\\"'),
-        margin=_margin(student_scores["accuracy"], results["label_budget"]["test"]),
+        margin=_margin(student_scores["accuracy"], results.label_budget["test"]),
         max_length=training.get("max_length", "max_length"),
-        versions=results.get("versions", {}),
-        training_warning=results.get("training_warning"),
+        versions=results.versions or {},
+        training_warning=results.training_warning,
     )
 
 
@@ -318,11 +274,11 @@ def write_model_card(
     """
     results = read_results(run_dir)
     target_dir = target_dir or os.path.join(run_dir, "student")
-    this = results["chosen_student"] if student is None else student
+    this = results.chosen_student if student is None else student
     curve_file = None
-    if results.get("learning_curve"):
+    if results.learning_curve:
         try:
-            plot_learning_curves(results["learning_curve"], os.path.join(target_dir, LEARNING_CURVE_FILE), this)
+            plot_learning_curves(results.learning_curve, os.path.join(target_dir, LEARNING_CURVE_FILE), this)
             curve_file = LEARNING_CURVE_FILE
         except ImportError as error:
             logger.warning("The card is written without its learning curve: %s", error)

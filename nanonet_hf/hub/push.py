@@ -23,6 +23,7 @@ from huggingface_hub import CommitInfo, HfApi, ModelCard, ModelCardData
 
 from ..files import atomic_directory
 from ..export import family_dir
+from ..results import RunResults
 from .card import LEARNING_CURVE_FILE, model_card, read_results, template_path
 
 logger = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ def family_repo_id(repo_id: str, student: int) -> str:
 
 
 def stage_student(
-    run_dir: str, results: dict, target: str, repo_id: str, license: str | None, student: int | None = None
+    run_dir: str, results: RunResults, target: str, repo_id: str, license: str | None, student: int | None = None
 ) -> None:
     """The student repository: the merged model, tokenizer, learning curve and the card for `repo_id`; the chosen
     student (`student/`), or student `student` of the family (`students/student_{k}/`)."""
@@ -109,14 +110,14 @@ def stage_base(run_dir: str, target: str, base_repo_id: str, adapter_repo_id: st
     _short_card("base_card.md", data, repo_id=base_repo_id, adapter_repo_id=adapter_repo_id).save(os.path.join(target, "README.md"))
 
 
-def _check_run(run_dir: str, with_adapter: bool, family: bool = False) -> dict:
+def _check_run(run_dir: str, with_adapter: bool, family: bool = False) -> RunResults:
     """The run's results, once its folders are known to be complete."""
     results = read_results(run_dir)
     folders = ["student"] + (["student_adapter", "student_base"] if with_adapter else [])
     if family:
-        if results["cohort"]["num_students"] < 2:
+        if results.cohort["num_students"] < 2:
             raise ValueError(f"{run_dir} trained one student: there is no family to push; drop family=True.")
-        folders += [os.path.relpath(family_dir(run_dir, k), run_dir) for k in range(results["cohort"]["num_students"])]
+        folders += [os.path.relpath(family_dir(run_dir, k), run_dir) for k in range(results.cohort["num_students"])]
     for folder in folders:
         config = "adapter_config.json" if folder == "student_adapter" else "config.json"
         if not os.path.isfile(os.path.join(run_dir, folder, config)):
@@ -218,7 +219,7 @@ def push_student(
         raise ValueError(f"create_pr opens a pull request against main; it cannot be combined with revision={revision!r}.")
     run_dir = os.path.abspath(run_dir)
     results = _check_run(run_dir, adapter_repo_id is not None, family)
-    others = [k for k in range(results["cohort"]["num_students"]) if k != results["chosen_student"]] if family else []
+    others = [k for k in range(results.cohort["num_students"]) if k != results.chosen_student] if family else []
     for k in others:
         check_repo_id(family_repo_id(repo_id, k))
 

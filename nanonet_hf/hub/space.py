@@ -12,7 +12,8 @@ import shutil
 from huggingface_hub import HfApi, SpaceCard, SpaceCardData
 
 from ..files import atomic_directory
-from .card import HUB_ID, package_versions, template_path
+from ..results import package_versions
+from .card import HUB_ID, template_path
 from .push import check_repo_id, upload
 
 APP_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "space_app.py")

@@ -2,8 +2,8 @@
 definition as the students' ensemble). Teachers that see the data differently (SetFit trained on the labels, an LLM
 that read the class names) err on different rows, so their mean can beat either.
 
-A member is what a single teacher can be: a classifier's folder, a [`SetFitTeacher`] or an [`LLMTeacher`]. Each
-member's logits are cached on their own ([`add_teacher_logits`]), so an ensemble reuses what a run with one of its
+A member is what a single teacher can be: a [`ClassifierTeacher`], a [`SetFitTeacher`] or an [`LLMTeacher`]. Each
+member's logits are cached on their own (`Teacher.add_logits`), so an ensemble reuses what a run with one of its
 members computed, and a change of weights recomputes nothing. Each member's logits are divided by its
 `default_temperature` before the mean (SetFit's under-confident head is sharpened as it is when it teaches alone).
 
@@ -17,63 +17,41 @@ import functools
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Sequence
 
 import numpy as np
 from datasets import Dataset
-from transformers import AutoConfig
+from datasets.fingerprint import Hasher
 
-from .files import folder_fingerprint
-from .llm_teacher import LLMTeacher
-from .metrics import ensemble_log_probs
-from .setfit_teacher import SetFitTeacher
+from ..metrics import ensemble_log_probs
+from .base import Teacher
+from .calibration import check_cross_fitting, cross_fitted_logits
+from .classifier import as_teacher
 
 logger = logging.getLogger(__name__)
 
 
-def teacher_name(teacher) -> str:
-    """How a teacher is named in results and the card."""
-    if isinstance(teacher, (str, os.PathLike)):
-        return str(teacher)
-    if isinstance(teacher, SetFitTeacher):
-        return f"SetFit on {teacher.body_name_or_path}"
-    if isinstance(teacher, LLMTeacher):
-        shots = f"{teacher.examples_per_class}-shot" if teacher.examples_per_class else "zero-shot"
-        return f"LLM {os.path.basename(teacher.gguf_file or teacher.model_name_or_path)} ({shots}, {teacher.calibration} calibration)"
-    if isinstance(teacher, TeacherEnsemble):
-        return " + ".join(teacher.names)
-    return type(teacher).__name__
-
-
-def teacher_label_names(teacher) -> list[str]:
-    """The label space a teacher predicts, in order (a classifier folder's `config.id2label`)."""
-    if isinstance(teacher, (str, os.PathLike)):
-        config = AutoConfig.from_pretrained(teacher)
-        return [config.id2label[i] for i in range(config.num_labels)]
-    return list(teacher.label_names)
-
-
-class TeacherEnsemble:
+class TeacherEnsemble(Teacher):
     """Teachers combined into one distribution.
 
     Args:
-        teachers: two or more members (classifier folders, [`SetFitTeacher`]s, [`LLMTeacher`]s) with one label space.
+        teachers: two or more members ([`Teacher`]s: a classifier, SetFit, an LLM) with one label space.
         weights: "mean", "fit" or one number per member.
         labeled (`Dataset`, *optional*): the labeled rows "fit" is fitted on.
         folds (`int`): cross-fitting folds of "fit".
         seed (`int`): the folds' draw.
     """
 
+    kind = "ensemble"
     default_temperature = 1.0  # members are tempered before the mean
 
     def __init__(self, teachers: Sequence, *, weights: "str | Sequence[float]" = "mean", labeled: Dataset | None = None,
                  folds: int = 3, seed: int = 0):  # fmt: skip
-        self.teachers = list(teachers)
+        self.teachers = [as_teacher(teacher) for teacher in teachers]  # a classifier's folder becomes its teacher
         if len(self.teachers) < 2:
             raise ValueError(f"A teacher ensemble needs at least two teachers, got {len(self.teachers)}.")
-        self.names = [teacher_name(t) for t in self.teachers]
-        spaces = [teacher_label_names(t) for t in self.teachers]
+        self.names = [t.name for t in self.teachers]
+        spaces = [t.label_names for t in self.teachers]
         for name, space in zip(self.names[1:], spaces[1:]):
             if space != spaces[0]:
                 raise ValueError(
@@ -87,12 +65,10 @@ class TeacherEnsemble:
             if weights == "fit":
                 if labeled is None:
                     raise ValueError("ensemble weights 'fit' need the labeled rows (labeled=).")
-                folders = [name for name, t in zip(self.names, self.teachers) if isinstance(t, (str, os.PathLike))]
-                if folders:
+                fixed = [name for name, t in zip(self.names, self.teachers) if not t.cross_fittable]
+                if fixed:
                     raise ValueError(f"ensemble weights 'fit' retrain each member on folds of the labels; the classifier "
-                                     f"checkpoint(s) {folders} cannot be. Use 'mean' or explicit weights.")  # fmt: skip
-                from .teacher_calibration import check_cross_fitting  # imports teacher.py, which imports this module
-
+                                     f"checkpoint(s) {fixed} cannot be. Use 'mean' or explicit weights.")  # fmt: skip
                 check_cross_fitting(labeled, folds)  # every class in every fold
         else:
             weights = [float(w) for w in weights]
@@ -101,11 +77,38 @@ class TeacherEnsemble:
         self.weights_setting, self.labeled, self.folds, self.seed = weights, labeled, folds, seed
         self._weights = None if weights in ("mean", "fit") else np.asarray(weights) / sum(weights)
 
+    @property
+    def name(self) -> str:
+        return " + ".join(self.names)
+
+    @property
+    def members(self) -> list[Teacher]:
+        return list(self.teachers)
+
     @functools.cached_property
     def fingerprint(self) -> str:
-        members = [folder_fingerprint(t) if isinstance(t, (str, os.PathLike)) else t.fingerprint for t in self.teachers]
+        members = [t.fingerprint for t in self.teachers]
         key = {"members": members, "weights": self.weights_setting, "folds": self.folds, "seed": self.seed}
         return "ensemble-" + hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+    def logits(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        return self.combine([member.logits(texts, batch_size=batch_size) for member in self.teachers])
+
+    def predictor(self):
+        members = [member.predictor() for member in self.teachers]
+        return lambda texts: self.combine([np.asarray(member(texts)) for member in members])
+
+    def train(self) -> None:
+        for member in self.teachers:
+            member.train()
+
+    def add_logits(self, dataset: Dataset, *, max_length: int = 64, batch_size: int = 64, cache_dir: str | None = None) -> Dataset:
+        """Each member's logits cached on their own, then combined: a change of weights recomputes nothing."""
+        members = [member.add_logits(dataset, max_length=max_length, batch_size=batch_size, cache_dir=cache_dir)["teacher_logits"]
+                   for member in self.teachers]  # fmt: skip
+        combined = self.combine([np.asarray(logits) for logits in members])
+        fingerprint = Hasher.hash([dataset._fingerprint, self.fingerprint, max_length])
+        return dataset.add_column("teacher_logits", combined.tolist(), new_fingerprint=fingerprint)
 
     def tempered(self, member_logits: Sequence[np.ndarray]) -> np.ndarray:
         """`[N, M, C]`: each member's logits divided by its `default_temperature`."""
@@ -126,8 +129,6 @@ class TeacherEnsemble:
 
     def cross_fitted_logits(self) -> list[np.ndarray]:
         """Each member's logits `[N, C]` on the labeled rows, every row predicted by the member made without it."""
-        from .teacher_calibration import cross_fitted_logits  # it caches through teacher.py, which imports this module
-
         return [cross_fitted_logits(teacher, self.labeled, folds=self.folds, seed=self.seed) for teacher in self.teachers]
 
     def combine(self, member_logits: Sequence[np.ndarray]) -> np.ndarray:

@@ -20,8 +20,6 @@ import weakref
 import numpy as np
 from datasets import Dataset
 
-from .teacher import add_teacher_logits
-from .teacher_ensemble import teacher_label_names, teacher_name
 
 logger = logging.getLogger(__name__)
 
@@ -43,11 +41,8 @@ def cross_fitting_folds(labels: np.ndarray, folds: int, seed: int) -> np.ndarray
 def check_cross_fitting(labeled: Dataset, folds: int = 3, teacher=None) -> None:
     """Raise, before any work, unless every class has a labeled row per fold and `teacher` (when given) can be
     remade from other rows."""
-    if teacher is not None and not hasattr(teacher, "with_rows"):
-        raise ValueError(
-            f"The teacher {teacher_name(teacher)} cannot be cross-fitted (remade from folds of the labeled rows): only "
-            "a SetFit or LLM teacher can."
-        )
+    if teacher is not None and not teacher.cross_fittable:
+        teacher.with_rows(labeled)  # raises, naming the teacher
     names = labeled.features["label"].names
     counts = np.bincount(np.asarray(labeled["label"]), minlength=len(names))
     if folds < 2 or counts.min() < folds:
@@ -78,11 +73,9 @@ def cross_fitted_logits(teacher, labeled: Dataset, *, folds: int = 3, seed: int 
     """`[N, C]` the logits of each labeled row (`text`, `label`) from `teacher` remade without its fold
     (`teacher.with_rows(other folds)`), cached per fold teacher."""
     made = fold_teachers(teacher, labeled, folds=folds, seed=seed)  # checks first
-    label_names = teacher_label_names(teacher)
-    found = np.zeros((len(labeled), len(label_names)), dtype=np.float64)
+    found = np.zeros((len(labeled), len(teacher.label_names)), dtype=np.float64)
     for held, fold_teacher in made:
-        done = add_teacher_logits(labeled.select(held).select_columns(["text"]), fold_teacher, label_names=label_names,
-                                  max_length=max_length)  # fmt: skip
+        done = fold_teacher.add_logits(labeled.select(held).select_columns(["text"]), max_length=max_length)
         found[held] = np.asarray(done["teacher_logits"])
     return found
 

@@ -19,6 +19,7 @@ import hashlib
 import inspect
 import json
 import logging
+import os
 import random
 from collections.abc import Mapping, Sequence
 
@@ -28,8 +29,9 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from .files import folder_fingerprint
-from .resources import resolve_gguf, resolve_model_path
+from ..files import folder_fingerprint
+from ..resources import resolve_gguf, resolve_model_path
+from .base import Teacher
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +116,7 @@ def calibration_bias(log_probs: np.ndarray, labels: np.ndarray, method: str, num
     return bias.detach().numpy()
 
 
-class LLMTeacher:
+class LLMTeacher(Teacher):
     """A causal LM that labels texts by scoring each class's verbalizer after a prompt.
 
     Args:
@@ -139,6 +141,7 @@ class LLMTeacher:
             be repeated, and for benchmarks/llm_teacher_speed.py's comparison).
     """
 
+    kind = "llm"
     default_temperature = 1.0  # its calibrated distribution is used as is
 
     def __init__(
@@ -202,6 +205,16 @@ class LLMTeacher:
         self._model = None
         self._bias = None
         self.report: dict = {}  # the labeled rows' accuracy before and after calibration, once computed
+
+    @property
+    def name(self) -> str:
+        shots = f"{self.examples_per_class}-shot" if self.examples_per_class else "zero-shot"
+        return f"LLM {os.path.basename(self.gguf_file or self.model_name_or_path)} ({shots}, {self.calibration} calibration)"
+
+    def calibration_report(self) -> dict:
+        """The labeled rows' accuracy before and after calibration (calibrating now if it was not yet)."""
+        self.bias  # noqa: B018 (fitted on the labeled rows on first use, which fills the report)
+        return self.report
 
     def with_rows(self, labeled: Dataset) -> "LLMTeacher":
         """The same LM and prompt, its examples and calibration taken from other labeled rows (cross-fitting)."""
@@ -374,7 +387,7 @@ class LLMTeacher:
                         self.report["labeled_accuracy_calibrated"], self.calibration)  # fmt: skip
         return self._bias
 
-    def logits(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
+    def logits(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:  # batches: its own batch_size
         """`[N, C]` calibrated log-probabilities, column c for label id c."""
         bias = self.bias
         raw = self.class_log_probs(texts)

@@ -13,16 +13,18 @@ import contextlib
 import functools
 import hashlib
 import json
+import os
 import tempfile
 
 import numpy as np
 from datasets import Dataset
-from transformers import set_seed
+from transformers import AutoConfig, set_seed
 
-from .files import folder_fingerprint
+from ..files import folder_fingerprint, folder_parameters
+from .base import Teacher
 
 
-class SetFitTeacher:
+class SetFitTeacher(Teacher):
     """SetFit on `labeled` (`text`, `label` ClassLabel) from the sentence-transformers body `body_name_or_path`
     (`num_iterations` pairs per labeled text: SetFit's default 20), trained when first asked for logits.
 
@@ -33,7 +35,8 @@ class SetFitTeacher:
         seed (`int`): seeds the pairs and the head.
     """
 
-    # the logistic head is under-confident: its logits are sharpened (divided by this) unless told otherwise
+    kind = "setfit"
+    # the logistic head is under-confident on a small body: sharpened (divided by this) where it is not fitted
     default_temperature = 0.25
 
     def __init__(
@@ -59,6 +62,23 @@ class SetFitTeacher:
         # embedding distillation reads the embeddings its logits were computed from instead of encoding twice
         self.remember_embeddings = False
         self._embedded: dict[str, np.ndarray] = {}
+
+    @property
+    def name(self) -> str:
+        return f"SetFit on {self.body_name_or_path}"
+
+    def train(self) -> None:
+        self.model  # noqa: B018 (trains it)
+
+    def keep_embeddings(self) -> None:
+        self.remember_embeddings = True  # the body encodes each text once for both columns
+
+    def size(self) -> dict:
+        """The body's layers and weights (the logistic head's few are not counted)."""
+        if not os.path.isdir(self.body_name_or_path):
+            return super().size()
+        config = AutoConfig.from_pretrained(self.body_name_or_path)
+        return {"layers": config.num_hidden_layers, "parameters": folder_parameters(self.body_name_or_path)}
 
     def with_rows(self, labeled: Dataset) -> "SetFitTeacher":
         """The same teacher trained on other labeled rows (cross-fitting: [`TeacherEnsemble`]'s weights)."""
@@ -148,5 +168,4 @@ def train_in_every_process(teachers) -> None:
     (`main_process_first`), it would wait for processes that never come. The price: under several processes a
     SetFit teacher trains even when its logits are already cached."""
     for teacher in teachers:
-        if isinstance(teacher, SetFitTeacher):
-            teacher.model  # noqa: B018 (trains it)
+        teacher.train()
