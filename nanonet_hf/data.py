@@ -6,6 +6,7 @@ checks its input before any work is done: errors name the file, column, label or
 
 import importlib.util
 import logging
+import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -195,6 +196,47 @@ def read_labeled_file(
     return labeled_rows(_read_table(path), text_column, label_column, label_names=label_names, source=path)
 
 
+def _rows(indices: list[int]) -> str:
+    return f"rows {indices[:10]}{' ...' if len(indices) > 10 else ''}, counting from 0"
+
+
+def _check_label_values(values: list, source: str, label_column: str, label_names: Sequence[str] | None) -> list:
+    """The labels of a column as class ids (ints) or class names (strings), or raise naming the rows: a missing or
+    NaN label, a list (multi-label), a fractional number, or ids mixed with names (a CSV column of `0`, `1`, `ham`,
+    `spam` would otherwise give four classes). Whole floats (`1.0`) become ids."""
+    values = list(values)
+
+    def where(test) -> list[int]:
+        return [i for i, value in enumerate(values) if test(value)]
+
+    missing = where(lambda v: v is None or (isinstance(v, float) and math.isnan(v)))
+    if missing:
+        raise ValueError(f"{source}: {len(missing)} rows have no {label_column!r} value (empty or NaN; {_rows(missing)}).")
+    lists = where(lambda v: isinstance(v, (list, tuple, dict)))
+    if lists:
+        raise ValueError(
+            f"{source}: column {label_column!r} holds lists ({_rows(lists)}, e.g. {values[lists[0]]!r}): multi-label "
+            "classification is not supported; give each row one label."
+        )
+    fractional = where(lambda v: isinstance(v, float) and not v.is_integer())
+    if fractional:
+        raise ValueError(
+            f"{source}: column {label_column!r} holds numbers that are not class ids ({_rows(fractional)}, e.g. "
+            f"{values[fractional[0]]!r}); labels are class ids (0, 1, ...) or class names."
+        )
+    values = [int(v) if isinstance(v, float) else v for v in values]
+    names = where(lambda v: isinstance(v, str))
+    ids = where(lambda v: (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, str) and v.strip().isdigit()))
+    if label_names is None and names and ids and len(ids) < len(values):
+        named = [i for i in names if i not in set(ids)]
+        raise ValueError(
+            f"{source}: column {label_column!r} mixes class ids ({sorted({str(values[i]) for i in ids})[:5]}, "
+            f"{_rows(ids)}) with class names ({sorted({values[i] for i in named})[:5]}, {_rows(named)}); use one or "
+            "the other, or give the label names."
+        )
+    return values
+
+
 def _as_class_labels(dataset: Dataset, source: str, label_column: str, label_names: Sequence[str] | None) -> Dataset:
     """`text` + `label` rows whose labels are ids, names or a `ClassLabel` -> `label` as a `ClassLabel`."""
     feature = dataset.features["label"]
@@ -204,9 +246,7 @@ def _as_class_labels(dataset: Dataset, source: str, label_column: str, label_nam
             return dataset
         raw = [names[i] for i in dataset["label"]]  # map by name onto the given label space
     else:
-        raw = dataset["label"]
-    if any(value is None for value in raw):
-        raise ValueError(f"{source}: {sum(value is None for value in raw)} rows have no {label_column!r} value.")
+        raw = _check_label_values(dataset["label"], source, label_column, label_names)
     as_ids = all(isinstance(value, int) and not isinstance(value, bool) for value in raw)
     if label_names is None:
         label_names = [str(i) for i in range(max(raw) + 1)] if as_ids else sorted({str(value) for value in raw})
@@ -231,6 +271,8 @@ def check_every_class_labeled(labeled: Dataset, source: str) -> None:
     0..5 plus one typo `99` would otherwise train a 100-class model with 94 classes it never saw."""
     names = labeled.features["label"].names
     counts = np.bincount(np.asarray(labeled["label"], dtype=np.int64), minlength=len(names))
+    if len(names) < 2:
+        raise ValueError(f"{source}: the labeled set has a single class ({names[0]!r}); a classifier needs at least two.")
     empty = [names[c] for c in range(len(names)) if counts[c] == 0]
     if empty:
         seen = [names[c] for c in range(len(names)) if counts[c]]
@@ -363,11 +405,6 @@ def prepare_data(
         unlabeled = rest.remove_columns("label")
     else:
         labeled, unlabeled = pool, _no_texts()
-    if len(set(labeled["label"])) < 2:
-        raise ValueError(
-            f"The labeled set has a single class ({labeled.features['label'].int2str(labeled['label'][0])!r}); a "
-            "classifier needs at least two."
-        )
     if extra is not None:
         unlabeled = concatenate_datasets([unlabeled, extra.cast(unlabeled.features)])
     unlabeled = cap_rows(unlabeled, max_unlabeled, seed)

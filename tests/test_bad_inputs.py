@@ -199,3 +199,50 @@ def test_checkpoint_cut_short_by_a_kill_is_refused_by_path_and_skipped_by_resume
     with pytest.raises(ValueError, match="holds no complete checkpoint"):
         resume(tiny_model_dir, tokenizer, datasets, tmp_path, True)
     assert "Skipping the incomplete checkpoint" in caplog.text
+
+
+# ---- labels, read the same way from files (the recipe) and from Datasets (the Python API) ----
+
+LABEL_CASES = {  # case: (a CSV or JSON lines file's text, the same labels as a Python list, the message)
+    "missing": ("text,label\nthe pasta was spicy,0\nwhat a goal,\nnew laptop chip,1\n", [0, None, 1],
+                r"1 rows have no 'label' value \(empty or NaN; rows \[1\]"),
+    "nan": ("text,label\nthe pasta was spicy,0\nwhat a goal,nan\nnew laptop chip,1\n", [0.0, float("nan"), 1.0], r"1 rows have no 'label' value \(empty or NaN; rows \[1\]"),
+    "ids mixed with names": ("text,label\nthe pasta was spicy,0\nwhat a goal,ham\nnew laptop chip,1\nmatch,spam\n",
+                             ["0", "ham", "1", "spam"], r"mixes class ids \(\['0', '1'\].*with class names \(\['ham', 'spam'\]"),
+    "multi-label": ('{"text": "the pasta was spicy", "label": 0}\n{"text": "what a goal", "label": [0, 1]}\n',
+                    [[0], [0, 1]], r"multi-label classification is not supported"),
+    "fraction": ("text,label\nthe pasta was spicy,0\nwhat a goal,0.5\nnew laptop chip,1\n", [0.0, 0.5, 1.0], r"numbers that are not class ids \(rows \[1\]"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LABEL_CASES))
+def test_bad_labels_are_refused_naming_the_file_and_rows(case, tmp_path):
+    text, _, message = LABEL_CASES[case]
+    path = tmp_path / ("labeled.jsonl" if text.startswith("{") else "labeled.csv")
+    path.write_text(text)
+    with pytest.raises(ValueError, match=rf"{path.name}: .*{message}"):
+        prepare_data(labeled_file=str(path))
+    assert sorted(os.listdir(tmp_path)) == [path.name]  # nothing written
+
+
+@pytest.mark.parametrize("case", sorted(LABEL_CASES))
+def test_bad_labels_are_refused_in_python_before_any_model_loads(case, tmp_path):
+    from datasets import Dataset
+
+    from nanonet_hf import MutualDistillationTrainer
+
+    _, values, message = LABEL_CASES[case]
+    rows = Dataset.from_dict({"text": [f"text {i}" for i in range(len(values))], "label": values})
+    with pytest.raises(ValueError, match=rf"train_dataset: .*{message}"):
+        MutualDistillationTrainer(model="no/such-model", args=make_args(tmp_path), train_dataset=rows)
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_a_single_class_is_refused_as_such_in_python_without_an_eval_set(tmp_path):
+    from datasets import Dataset
+
+    from nanonet_hf import MutualDistillationTrainer
+
+    rows = Dataset.from_dict({"text": ["the pasta", "the bread", "the soup"], "label": ["food"] * 3})
+    with pytest.raises(ValueError, match=r"train_dataset: the labeled set has a single class \('food'\)"):
+        MutualDistillationTrainer(model="no/such-model", args=make_args(tmp_path), train_dataset=rows)

@@ -184,3 +184,17 @@ def test_cap_rows_keeps_a_seeded_subset_in_the_rows_order():
     assert len(indices) == 10 and indices == sorted(indices)
     assert kept["text"] == cap_rows(rows, 10, seed=3)["text"] != cap_rows(rows, 10, seed=4)["text"]
     assert cap_rows(rows, None, seed=0) is rows and cap_rows(rows, 50, seed=0) is rows
+
+
+def test_class_names_follow_a_classlabel_cast_and_otherwise_sort():
+    from datasets import ClassLabel
+
+    from nanonet_hf.data import labeled_rows as as_rows
+
+    rows = Dataset.from_dict({"text": ["free prize", "see you", "win now"], "label": [1, 0, 1]})
+    named = as_rows(rows.cast_column("label", ClassLabel(names=["ham", "spam"])))
+    assert named.features["label"].names == ["ham", "spam"] and named["label"] == [1, 0, 1]
+    strings = Dataset.from_dict({"text": ["free prize", "see you", "win now"], "label": ["spam", "ham", "spam"]})
+    assert as_rows(strings).features["label"].names == ["ham", "spam"]  # sorted, as the README says
+    kept = as_rows(strings.cast_column("label", ClassLabel(names=["spam", "ham"])))
+    assert kept.features["label"].names == ["spam", "ham"] and kept["label"] == [0, 1, 0]
