@@ -148,6 +148,15 @@ def _read_table(path: str) -> Dataset:
         raise ValueError(f"Cannot read {path}: use a .jsonl, .json, .csv or .tsv file.")
     if os.path.getsize(path) == 0:
         raise ValueError(f"{path} is empty.")
+    with open(path, "rb") as handle:  # the readers below would fail on a non-UTF-8 byte without naming its line
+        for line_number, line in enumerate(handle, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise ValueError(
+                    f"{path}: line {line_number} is not UTF-8 (byte {line[error.start]:#04x} at column "
+                    f"{error.start + 1}); save the file as UTF-8."
+                ) from None
     kwargs = {"delimiter": "\t"} if extension == ".tsv" else {}
     try:
         return load_dataset(_FORMATS[extension], data_files=path, split="train", **kwargs)

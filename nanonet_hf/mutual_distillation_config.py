@@ -390,6 +390,15 @@ class MutualDistillationConfig(TrainingArguments):
         super().__post_init__()
         if self.num_students < 1:
             raise ValueError(f"num_students must be at least 1, got {self.num_students}")
+        # Trainer takes these as they come and fails (or trains one step) only inside train(), after the teacher
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ValueError(f"max_steps must be > 0, or -1 to train num_train_epochs epochs; got {self.max_steps}")
+        if self.max_steps == -1 and self.num_train_epochs <= 0:
+            raise ValueError(f"num_train_epochs must be > 0 when max_steps is -1, got {self.num_train_epochs}")
+        if self.lora_r < 1 or self.lora_alpha <= 0:
+            raise ValueError(f"lora_r must be at least 1 and lora_alpha > 0, got lora_r={self.lora_r}, lora_alpha={self.lora_alpha}")
         if self.adapter_type not in ADAPTER_TYPES:
             raise ValueError(
                 f"adapter_type={self.adapter_type!r} cannot train a cohort in one forward. Supported: "

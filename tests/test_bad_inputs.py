@@ -246,3 +246,41 @@ def test_a_single_class_is_refused_as_such_in_python_without_an_eval_set(tmp_pat
     rows = Dataset.from_dict({"text": ["the pasta", "the bread", "the soup"], "label": ["food"] * 3})
     with pytest.raises(ValueError, match=r"train_dataset: the labeled set has a single class \('food'\)"):
         MutualDistillationTrainer(model="no/such-model", args=make_args(tmp_path), train_dataset=rows)
+
+
+@pytest.mark.parametrize(
+    "option, value, message",
+    [("learning_rate", -1e-3, r"learning_rate must be > 0, got -0.001"),
+     ("max_steps", 0, r"max_steps must be > 0, or -1 .* got 0"),
+     ("lora_r", 0, r"lora_r must be at least 1 .* lora_r=0")],
+)  # fmt: skip
+def test_training_options_are_checked_when_the_config_is_made(option, value, message, tmp_path):
+    """Trainer itself would fail inside train() (a negative learning rate), after the teacher was built, or train one
+    step and export (max_steps 0); PEFT would fail without naming the option (lora_r 0)."""
+    with pytest.raises(ValueError, match=message):
+        MutualDistillationConfig(output_dir=str(tmp_path / "out"), **{option: value})
+    assert not os.path.exists(tmp_path / "out")
+
+
+@pytest.mark.parametrize("option", ["teacher_model", "model"])
+def test_a_folder_that_does_not_exist_is_named_as_such(option, tiny_model_dir, tmp_path):
+    """Not the Hub client's "Repo id must be in the form 'repo_name'" about a local path with a typo."""
+    from datasets import Dataset
+
+    from nanonet_hf import MutualDistillationTrainer
+
+    rows = Dataset.from_dict({"text": ["the pasta", "a goal", "the bread", "the match"], "label": ["food", "sport"] * 2})
+    missing = str(tmp_path / "runs" / "teacher-typo")
+    given = {"model": tiny_model_dir, "teacher_model": missing} if option == "teacher_model" else {"model": missing}
+    with pytest.raises(FileNotFoundError, match=rf"{option} .*'{missing}': no such folder"):
+        MutualDistillationTrainer(args=make_args(tmp_path), train_dataset=rows, **given)
+    assert not os.path.exists(tmp_path / "out")
+
+
+@pytest.mark.parametrize("name", ["labeled.csv", "labeled.jsonl"])
+def test_a_byte_that_is_not_utf8_is_named_with_its_file_and_line(name, tmp_path):
+    rows = b'text,label\nhello,0\nbad \xff byte,1\n' if name.endswith(".csv") else b'{"text": "hello", "label": 0}\n{"text": "bad \xff", "label": 1}\n'
+    (tmp_path / name).write_bytes(rows)
+    line, column = (3, 5) if name.endswith(".csv") else (2, 15)  # the file's own lines, the CSV header counted
+    with pytest.raises(ValueError, match=rf"{name}: line {line} is not UTF-8 \(byte 0xff at column {column}\)"):
+        prepare_data(labeled_file=str(tmp_path / name))

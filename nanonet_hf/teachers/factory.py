@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datasets import Dataset
 from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from ..resources import resolve_model_path
+from ..resources import check_model_path, resolve_model_path
 from .base import Teacher
 from .calibration import check_cross_fitting, fold_teachers
 from .classifier import ClassifierTeacher, check_teacher, train_teacher
@@ -76,6 +76,7 @@ def plan_teacher(
     explicit_llm = args.teacher_type == "llm" or isinstance(teacher_model, LLMTeacher)
     if isinstance(teacher_model, (str, os.PathLike)) and not explicit_llm:
         teacher_model = resolve_model_path(str(teacher_model))
+        check_model_path(teacher_model, "teacher_model (--teacher_name_or_path)")
     plan = TeacherPlan(kind=teacher_kind(teacher_model, args), given=teacher_model)
     kinds = plan.kinds
     weights = args.ensemble_weights()
