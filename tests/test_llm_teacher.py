@@ -235,7 +235,7 @@ def test_the_recipe_runs_an_llm_teacher_and_refuses_bad_verbalizers_first(tiny_m
     # teacher_type auto: a causal LM checkpoint is an LLM teacher
     auto = [value if value != "llm" else "auto" for value in argv]
     auto[auto.index(str(tmp_path / "run"))] = str(tmp_path / "auto")
-    assert recipe.main(*recipe.parse_args(auto))["teacher_name_or_path"].startswith("LLM tiny-llama")
+    assert recipe.main(*recipe.parse_args(auto)).teacher_name_or_path.startswith("LLM tiny-llama")
     import nanonet_hf.mutual_distillation_trainer as trainer_module
 
     monkeypatch.setattr(trainer_module.StudentCohort, "from_pretrained", lambda *a, **k: pytest.fail("work began"))

@@ -7,7 +7,6 @@ import torch
 from peft import LoraConfig
 
 from nanonet_hf import MutualDistillationTrainer, StudentCohort
-from nanonet_hf.losses import IGNORE_INDEX
 from nanonet_hf.views import (
     StudentViews,
     adversarial_step,
@@ -16,6 +15,7 @@ from nanonet_hf.views import (
     make_student_views,
     parse_views,
     shuffled_positions,
+    student_views,
 )
 
 from .test_trainer import ID2LABEL, make_args
@@ -159,7 +159,8 @@ def test_adversarial_step_follows_the_gradient_of_the_students_loss(tiny_model_d
     cohort.train()
     torch.manual_seed(0)
     labels = inputs["labels"]
-    views = trainer._views(cohort, model_inputs, labels, labels == IGNORE_INDEX, inputs["teacher_logits"])
+    views = student_views(trainer.student_views, cohort, model_inputs, labels, inputs["teacher_logits"],
+                          temperature=args.temperature, cutoff_rate=args.cutoff_rate, adversarial_epsilon=0.5)  # fmt: skip
     assert all(param.grad is None for param in cohort.parameters())
     assert views.perturbation[1:].abs().sum() == 0
     torch.testing.assert_close(views.perturbation[0].norm(dim=-1), torch.full(model_inputs["input_ids"].shape, 0.5))

@@ -17,6 +17,7 @@ the datasets cache, named by the rows' fingerprint, the teacher's and `max_lengt
 process) reads back instead of running the teacher.
 """
 
+import logging
 import os
 from collections.abc import Callable, Sequence
 
@@ -24,6 +25,8 @@ import numpy as np
 from datasets import Dataset
 from datasets import config as datasets_config
 from datasets.fingerprint import Hasher
+
+logger = logging.getLogger(__name__)
 
 
 class Teacher:
@@ -104,8 +107,16 @@ def cached_column(dataset: Dataset, teacher: Teacher, column: str, compute, *, m
     fingerprint = Hasher.hash([dataset._fingerprint, teacher.fingerprint, max_length, *key])
     cache_dir = cache_dir or os.path.join(datasets_config.HF_DATASETS_CACHE, "nanonet_hf", "teacher_logits")
     os.makedirs(cache_dir, exist_ok=True)
+    started = []
+
+    def predict(texts: list[str]) -> list:
+        if not started:  # only when the cache misses: the log says which process did the work
+            started.append(True)
+            logger.info("Computing %s of %d rows with %s", column.replace("_", " "), len(dataset), teacher.name)
+        return np.asarray(compute(texts, batch_size=batch_size)).tolist()
+
     return dataset.map(
-        lambda batch: {column: np.asarray(compute(batch["text"], batch_size=batch_size)).tolist()},
+        lambda batch: {column: predict(batch["text"])},
         batched=True,
         batch_size=1024,
         cache_file_name=os.path.join(cache_dir, f"{fingerprint}.arrow"),
