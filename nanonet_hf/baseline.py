@@ -4,9 +4,7 @@ what the teacher and the peers added. A step of the pipeline beside the cohort's
 import os
 import time
 
-import numpy as np
-
-from .losses import IGNORE_INDEX
+from .data import num_labeled
 from .mutual_distillation_config import MutualDistillationConfig
 from .results import first_eval
 
@@ -39,7 +37,7 @@ def supervised_baseline(trainer) -> dict[str, float] | None:
     if trainer.labeled is not None:  # raw rows: with lambda_kd 0 and no teacher_model, no teacher is made
         labeled = trainer.labeled
     else:
-        labeled = trainer.train_dataset.select(range(int((np.asarray(trainer.train_dataset["labels"]) != IGNORE_INDEX).sum())))
+        labeled = trainer.train_dataset.select(range(num_labeled(trainer.train_dataset)))
     baseline = type(trainer)(
         model=cohort.base_model_name_or_path, args=args, train_dataset=labeled, processing_class=trainer.processing_class
     )

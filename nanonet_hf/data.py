@@ -149,14 +149,16 @@ def _read_table(path: str) -> Dataset:
     if os.path.getsize(path) == 0:
         raise ValueError(f"{path} is empty.")
     with open(path, "rb") as handle:  # the readers below would fail on a non-UTF-8 byte without naming its line
-        for line_number, line in enumerate(handle, start=1):
-            try:
-                line.decode("utf-8")
-            except UnicodeDecodeError as error:
-                raise ValueError(
-                    f"{path}: line {line_number} is not UTF-8 (byte {line[error.start]:#04x} at column "
-                    f"{error.start + 1}); save the file as UTF-8."
-                ) from None
+        content = handle.read()
+    try:
+        content.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = content.count(b"\n", 0, error.start) + 1
+        column = error.start - content.rfind(b"\n", 0, error.start)
+        raise ValueError(
+            f"{path}: line {line} is not UTF-8 (byte {content[error.start]:#04x} at column {column}); save the file as "
+            "UTF-8."
+        ) from None
     kwargs = {"delimiter": "\t"} if extension == ".tsv" else {}
     try:
         return load_dataset(_FORMATS[extension], data_files=path, split="train", **kwargs)
@@ -582,6 +584,12 @@ class CohortCollator:
             if column in rows[0]:
                 batch[column] = torch.tensor([row[column] for row in rows], dtype=torch.float32)
         return batch
+
+
+def num_labeled(rows: Dataset) -> int:
+    """How many labeled rows a training dataset ([`training_dataset`]) holds: they come first, and unlabeled rows
+    have labels -100."""
+    return int((np.asarray(rows["labels"]) != IGNORE_INDEX).sum())
 
 
 def id2label_from(*datasets: Dataset | dict | None) -> dict[int, str]:

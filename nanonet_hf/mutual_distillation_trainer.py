@@ -31,6 +31,7 @@ from .data import (
     check_every_class_labeled,
     id2label_from,
     labeled_rows,
+    num_labeled,
     tokenize,
     training_dataset,
     unlabeled_rows,
@@ -496,13 +497,13 @@ class MutualDistillationTrainer(Trainer):
         if rows is None or "text" not in rows.column_names:
             raise ValueError("select_student reads the training rows' `text` column; this train_dataset has none.")
         labels = np.asarray(rows["labels"])
-        num_labeled = _num_labeled(rows)
-        has_unlabeled = num_labeled < len(rows)
-        end = min(len(rows), num_labeled + (max_rows or self.args.selection_rows))
-        chosen_rows = rows.select(range(num_labeled, end) if has_unlabeled else range(num_labeled))
+        labeled_count = num_labeled(rows)
+        has_unlabeled = labeled_count < len(rows)
+        end = min(len(rows), labeled_count + (max_rows or self.args.selection_rows))
+        chosen_rows = rows.select(range(labeled_count, end) if has_unlabeled else range(labeled_count))
         logits = predict_logits(cohort, self.processing_class, list(chosen_rows["text"]), max_length=self.args.max_length)
         if not has_unlabeled:
-            reference = labels[:num_labeled]
+            reference = labels[:labeled_count]
             self.card_data.selection = "accuracy on the labeled rows"
         elif rule == "ensemble":
             reference = ensemble_log_probs(logits).argmax(-1)
@@ -610,11 +611,6 @@ class MutualDistillationTrainer(Trainer):
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
         # a cohort checkpoint only nanonet can read is not published (see init_hf_repo)
         return None
-
-
-def _num_labeled(rows: Dataset) -> int:
-    """How many labeled rows a training dataset holds (they come first; unlabeled rows have labels -100)."""
-    return int((np.asarray(rows["labels"]) != IGNORE_INDEX).sum())
 
 
 def _map_eval(eval_dataset: Dataset | dict | None, function: Callable[[Dataset, str], Dataset]):

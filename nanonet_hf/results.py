@@ -16,9 +16,8 @@ import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
-from .data import dataset_info
+from .data import dataset_info, num_labeled
 from .files import write_json
-from .losses import IGNORE_INDEX
 from .metrics import classification_metrics
 from .speed import classifier_predictor, cpu, measure_speed
 
@@ -69,6 +68,10 @@ class RunResults:
     exported: dict | None = None
     family: list[dict] | None = None
 
+    def __post_init__(self):
+        if self.dataset_title is None:  # made by a run, or read from a results.json older than these fields
+            self.dataset_id, self.dataset_title = dataset_info(self.dataset)
+
     @property
     def depths(self) -> list[int]:
         return self.cohort["depths"]
@@ -110,14 +113,14 @@ def collect_results(trainer) -> RunResults:
     metrics, num_students = data.eval_metrics or {}, cohort.num_students
     rows = trainer.train_dataset
     labels = np.asarray(rows["labels"])
-    num_labeled = int((labels != IGNORE_INDEX).sum())
+    labeled_count = num_labeled(rows)
     teacher = None
     if eval_dataset is not None and "text" in eval_dataset.column_names and (trainer.teacher or cohort.teacher):
         predictions = trainer.teacher_logits(eval_dataset).argmax(-1)
         teacher = classification_metrics(predictions, np.asarray(eval_dataset["labels"]), len(cohort.label_names))
     members = teacher_members(trainer, eval_dataset) if teacher is not None else {}
     texts = rows["text"] if "text" in rows.column_names else None
-    examples = [texts[list(labels).index(c)] for c in sorted(set(labels[:num_labeled].tolist()))] if texts else []
+    examples = [texts[list(labels).index(c)] for c in sorted(set(labels[:labeled_count].tolist()))] if texts else []
 
     def scores(prefix: str) -> dict | None:
         if f"{prefix}_accuracy" not in metrics:
@@ -125,11 +128,8 @@ def collect_results(trainer) -> RunResults:
         return {"accuracy": metrics[f"{prefix}_accuracy"], "macro_f1": metrics[f"{prefix}_macro_f1"]}
 
     wall = {**data.wall_time_s, "total_s": time.perf_counter() - trainer.started}
-    dataset_id, dataset_title = dataset_info(data.dataset)
     return RunResults(
         dataset=data.dataset,
-        dataset_id=dataset_id,
-        dataset_title=dataset_title,
         base_model=data.base_model,
         teacher=teacher,
         teacher_name_or_path=data.teacher_name,
@@ -143,7 +143,7 @@ def collect_results(trainer) -> RunResults:
         chosen_student=chosen,
         selection=data.selection,
         label_budget={
-            "labels_per_class": data.labels_per_class, "labeled": num_labeled, "unlabeled": len(rows) - num_labeled,
+            "labels_per_class": data.labels_per_class, "labeled": labeled_count, "unlabeled": len(rows) - labeled_count,
             "generated": data.generated, "test": len(eval_dataset) if eval_dataset is not None else 0,
         },  # fmt: skip
         cohort={

@@ -141,13 +141,6 @@ def _family_rows(family: list[dict] | None, this: int) -> list[dict] | None:
     return rows
 
 
-def _dataset(results: RunResults) -> tuple[str | None, str]:
-    """(Hub dataset id or None, readable name); results.json files of earlier versions hold the name only."""
-    if results.dataset_title is not None:
-        return results.dataset_id, results.dataset_title
-    return None, os.path.basename(results.dataset) if results.dataset else "custom data"
-
-
 def model_card(
     results: "RunResults | dict",
     model_id: str,
@@ -173,7 +166,7 @@ def model_card(
     chosen = results.chosen_student
     this = chosen if student is None else student
     student_scores = results.students[this]
-    dataset_id, dataset_pretty = _dataset(results)
+    dataset_id, dataset_pretty = results.dataset_id, results.dataset_title
     base_model = results.base_model
     base_is_hub_id = bool(base_model) and HUB_ID.match(base_model) is not None and not os.path.exists(base_model)
     model_name = model_id.rstrip("/").split("/")[-1]
