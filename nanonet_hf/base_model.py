@@ -73,3 +73,16 @@ def check_base(model_name_or_path: str, args) -> Architecture:
     [`MutualDistillationConfig`]."""
     config = AutoConfig.from_pretrained(model_name_or_path)
     return plan_layers(config, args.student_layers, args.adapter_layers, args.num_students)[0]
+
+
+def max_tokens(config, tokenizer) -> int:
+    """The most tokens per text this base takes: its tokenizer's `model_max_length` (when it sets one) and its
+    `max_position_embeddings` (less `padding_idx + 1` where learned positions are numbered from there: RoBERTa's
+    scheme, and MPNet's absolute positions)."""
+    limits = [tokenizer.model_max_length] if tokenizer.model_max_length < 1_000_000 else []
+    architecture = architecture_of(config)
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions:
+        offset = architecture.positions == "offset" or architecture.absolute_too
+        limits.append(positions - ((config.pad_token_id or 0) + 1 if offset else 0))
+    return int(min(limits)) if limits else 512

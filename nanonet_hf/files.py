@@ -116,3 +116,20 @@ def last_complete_checkpoint(output_dir: str) -> str | None:
             return folder
         logger.warning("Skipping the incomplete checkpoint %s (killed while saving?).", folder)
     return None
+
+
+EXPORT_MARKERS = ("results.json", "student")  # what a finished run leaves in its output_dir
+
+
+def check_no_previous_export(output_dir: str | os.PathLike, *, overwrite: bool, resuming: bool) -> None:
+    """Raise if `output_dir` holds a previous run's export (`results.json` or `student/`), unless `overwrite` or
+    `resuming`: a new run would otherwise replace that student without a word."""
+    if overwrite or resuming or not os.path.isdir(output_dir):
+        return
+    found = [name for name in EXPORT_MARKERS if os.path.exists(os.path.join(output_dir, name))]
+    if found:
+        raise ValueError(
+            f"output_dir {output_dir} holds a previous run's export ({', '.join(found)}); this run would replace it. "
+            "Choose another output_dir, pass --overwrite_output_dir true (overwrite_output_dir=True) to replace it, or "
+            "--resume_from_checkpoint to continue that run."
+        )

@@ -127,8 +127,15 @@ class MutualDistillationConfig(TrainingArguments):
         mapping.
     unlabeled_ratio (`float`, *optional*, defaults to `3.0`):
         Unlabeled rows per labeled row in each training batch.
-    max_length (`int`, *optional*, defaults to `64`):
-        Maximum tokens per text, for the students and the teacher.
+    class_names (`list[str]`, *optional*):
+        The classes' names in class-id order. With integer labels, id i is named `class_names[i]` (else `"0"`,
+        `"1"`, ...); with string labels, the ids follow this order (else the sorted names), and every label must be
+        one of them. Not TrainingArguments' `label_names`, which names the batch's label key.
+    max_length (`int`, *optional*):
+        Tokens per text, for the students and the teacher alike (SetFit's body and an LLM's text included), and the
+        exported tokenizer's `model_max_length`. By default chosen from the data: the 95th percentile of the labeled
+        rows' token lengths, rounded up to a multiple of 8 and capped by the base's maximum; the log says what was
+        chosen and what share of the texts it cuts.
 
     > Parameters that control the teacher trained when none is given
 
@@ -140,6 +147,11 @@ class MutualDistillationConfig(TrainingArguments):
         teacher, anything else gets SetFit; `"llm"`: a causal LM (`teacher_model`, else `llm_teacher`) that labels the
         texts by scoring the verbalizers ([`LLMTeacher`]); several kinds joined by `+` (e.g. `"setfit+llm"`): their
         ensemble ([`TeacherEnsemble`], weighted by `teacher_ensemble_weights`).
+    allow_weak_teacher (`bool`, *optional*, defaults to `False`):
+        Before it teaches, a teacher is scored on the labeled rows (held out where the run can: cross-fitted, or an
+        LLM's calibrated accuracy with no row as its own prompt example; in-sample for a teacher trained on them); one
+        no better than the majority class's share plus 0.05 is refused, naming its accuracy and the baseline. `True`
+        teaches anyway. Each score goes into `results.json` and the card either way.
     teacher_num_train_epochs (`float`, *optional*, defaults to `20`), teacher_learning_rate (`float`, *optional*,
         defaults to `3e-4`): the fine-tune's schedule (few labels want many epochs and a high rate).
     setfit_body (`str`, *optional*, defaults to `"sentence-transformers/all-mpnet-base-v2"`):
@@ -175,6 +187,10 @@ class MutualDistillationConfig(TrainingArguments):
         `"ensemble"` (the students' ensemble, which can pick a student that has surpassed the teacher).
     card_license (`str`, *optional*, defaults to `"apache-2.0"`):
         License written in the model card; it must agree with the base model's and the data's.
+    overwrite_output_dir (`bool`, *optional*, defaults to `False`):
+        An `output_dir` that holds a previous run's export (`results.json` or `student/`) is refused before any work,
+        unless this is set or the run resumes (`resume_from_checkpoint`), as transformers' own flag of that name did
+        before version 5.
     speed_repeats (`int`, *optional*, defaults to `10`):
         Timed calls per batch size (1 and 32) when `save_model` times every exported student and the teacher on
         this machine's CPU, interleaved, for the family table of `results.json` and the cards ([`nanonet_hf.speed`]).
@@ -296,7 +312,16 @@ class MutualDistillationConfig(TrainingArguments):
         default="label", metadata={"help": "Label column of the labeled and eval rows (ids, names or a ClassLabel)."}
     )
     unlabeled_ratio: float = field(default=3.0, metadata={"help": "Unlabeled rows per labeled row in a training batch."})
-    max_length: int = field(default=64, metadata={"help": "Maximum tokens per text."})
+    class_names: list[str] | None = field(
+        default=None,
+        metadata={"help": "The classes' names in id order: names integer labels, or orders string labels (default: "
+                  "sorted). Not label_names, which is TrainingArguments' batch key."},
+    )
+    max_length: int | None = field(
+        default=None,
+        metadata={"help": "Tokens per text, for students and teacher. Default: the 95th percentile of the labeled "
+                  "rows' token lengths (rounded up to a multiple of 8, capped by the base's maximum)."},
+    )
 
     # ---- teacher (when none is given, one is trained on the labeled rows) ----
     teacher_type: str = field(
@@ -308,6 +333,11 @@ class MutualDistillationConfig(TrainingArguments):
             "classifier teacher_model as is, a causal LM as an LLM, SetFit otherwise) or kinds joined by '+' (an "
             "ensemble, e.g. 'setfit+llm').",
         },
+    )
+    allow_weak_teacher: bool = field(
+        default=False,
+        metadata={"help": "Teach even when the teacher's accuracy on the labeled rows is no better than the majority "
+                  "class's share plus 0.05 (refused otherwise)."},
     )
     teacher_num_train_epochs: float = field(default=20, metadata={"help": "Epochs of the teacher fine-tune."})
     teacher_learning_rate: float = field(
@@ -348,6 +378,10 @@ class MutualDistillationConfig(TrainingArguments):
     )
     card_license: str = field(
         default="apache-2.0", metadata={"help": "License in the model card; match the base model's and the data's."}
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Replace the export of a previous run in output_dir (refused otherwise, unless resuming)."},
     )
     speed_repeats: int = field(
         default=10,
@@ -451,6 +485,19 @@ class MutualDistillationConfig(TrainingArguments):
             self.mutual_weights = [float(weight) for weight in self.mutual_weights]
         if not 0 <= self.rampup_ratio <= 1:
             raise ValueError(f"rampup_ratio must be in [0, 1], got {self.rampup_ratio}")
+        if self.label_names != ["labels"]:  # `--label_names ham spam` would be taken silently, with another meaning
+            raise ValueError(
+                f"label_names={self.label_names} is Trainer's key of the labels in a batch, which a cohort reads as "
+                "'labels'; to name the classes, use class_names (--class_names ham spam)."
+            )
+        if self.max_length is not None and self.max_length < 2:
+            raise ValueError(f"max_length must be at least 2 tokens (or unset, chosen from the data), got {self.max_length}")
+        if self.class_names is not None:
+            self.class_names = [str(name) for name in self.class_names]
+            repeated = sorted({name for name in self.class_names if self.class_names.count(name) > 1})
+            if len(self.class_names) < 2 or repeated:
+                raise ValueError(f"class_names={self.class_names} must name at least two classes, each once"
+                                 + (f" ({repeated} repeat)" if repeated else ""))  # fmt: skip
         if self.speed_repeats < 0:
             raise ValueError(f"speed_repeats must be >= 0, got {self.speed_repeats}")
         self.student_layers = parse_student_layers(self.student_layers)  # a malformed value fails here

@@ -1,3 +1,4 @@
+import copy
 import logging
 import os
 import time
@@ -10,6 +11,7 @@ import torch
 from datasets import Dataset
 from torch import nn
 from transformers import (
+    AutoConfig,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     EvalPrediction,
@@ -21,7 +23,7 @@ from transformers import (
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.utils import SAFE_WEIGHTS_NAME
 
-from .base_model import check_base
+from .base_model import check_base, max_tokens
 from .baseline import supervised_baseline
 from .cohort import StudentCohort, check_cohort_matches
 from .data import (
@@ -29,15 +31,18 @@ from .data import (
     CohortCollator,
     MixedBatchSampler,
     check_every_class_labeled,
+    drop_labeled_texts,
     id2label_from,
     labeled_rows,
     num_labeled,
+    resolve_max_length,
     tokenize,
     training_dataset,
     unlabeled_rows,
+    warn_about_overlap,
 )
 from .export import export_family, export_student
-from .files import atomic_directory, last_complete_checkpoint
+from .files import atomic_directory, check_no_previous_export, last_complete_checkpoint
 from .fit_watch import LabelFitWatch
 from .hub.card import CardData, CardDataCallback, write_model_card
 from .hub.push import PushResult, check_repo_id, push_student
@@ -48,6 +53,7 @@ from .mutual_distillation_config import MutualDistillationConfig, check_student_
 from .resources import check_model_path, resolve_model_path
 from .results import RunResults, collect_results, family_table
 from .teachers import Teacher, build_teacher, fitted_teacher_temperature, plan_teacher, train_in_every_process
+from .teachers.calibration import check_teacher_beats_majority, labeled_accuracy
 from .teachers.factory import teachers_to_train, temperature_setting
 from .views import parse_views, student_views
 from .weighting import AdaptiveThresholds
@@ -140,14 +146,17 @@ class MutualDistillationTrainer(Trainer):
                 "labeled and unlabeled rows in a seeded order (MixedBatchSampler). Use 'random' or 'group_by_length'."
             )
 
+        check_no_previous_export(args.output_dir, overwrite=args.overwrite_output_dir,
+                                 resuming=bool(args.resume_from_checkpoint))  # fmt: skip
         self.card_data = CardData()  # gathered during the run (CardDataCallback), rendered by save_model
         # ---- data: every input is checked before any work ----
         raw = train_dataset is not None and "input_ids" not in train_dataset.column_names
         self.labeled = self.unlabeled = None  # the raw rows, for selection and the card
+        self.cut_share = None  # the share of labeled and unlabeled texts that max_length cuts
         if raw:
-            self.labeled = labeled_rows(train_dataset, args.text_column, args.label_column)
+            self.labeled = labeled_rows(train_dataset, args.text_column, args.label_column, label_names=args.class_names)
             check_every_class_labeled(self.labeled, "train_dataset")
-            self.unlabeled = unlabeled_rows(unlabeled_dataset, args.text_column, args.label_column)
+            self.unlabeled = drop_labeled_texts(self.labeled, unlabeled_rows(unlabeled_dataset, args.text_column, args.label_column))
             label_names = self.labeled.features["label"].names
             # the card's dataset (DatasetInfo.dataset_name, set by prepare_data) and label budget, when they show
             self.card_data.dataset = train_dataset.info.dataset_name
@@ -156,6 +165,8 @@ class MutualDistillationTrainer(Trainer):
             eval_dataset = _map_eval(eval_dataset, lambda rows, key: labeled_rows(
                 rows, args.text_column, args.label_column, label_names=label_names, source=key
             ))  # fmt: skip
+            for name, rows in _named(eval_dataset):
+                warn_about_overlap(self.labeled, self.unlabeled, rows, source=name)
         elif unlabeled_dataset is not None:
             raise ValueError(
                 "unlabeled_dataset goes with raw labeled rows; a tokenized train_dataset already holds its unlabeled "
@@ -169,20 +180,33 @@ class MutualDistillationTrainer(Trainer):
             base_path = resolve_model_path(str(model))
             check_model_path(base_path, "model (--model_name_or_path)")
             check_base(base_path, args)  # an unsupported architecture or a bad cut fails before any weight is read
-            if processing_class is None:
-                processing_class = AutoTokenizer.from_pretrained(base_path)
-            plan = plan_teacher(teacher_model, args, self.labeled if raw else None, processing_class)
+            base_config = AutoConfig.from_pretrained(base_path)
+            tokenizer_from = base_path
+        elif isinstance(model, StudentCohort):
+            check_cohort_matches(model, args)
+            self.base_model_name, base_config = model.base_model_name_or_path, model.config
+            tokenizer_from = model.base_model_name_or_path
+        else:
+            raise TypeError(f"model must be a StudentCohort or a model path, got {type(model).__name__}")
+        if processing_class is None and (raw or not isinstance(model, StudentCohort)):
+            processing_class = AutoTokenizer.from_pretrained(tokenizer_from)
+        elif processing_class is not None:
+            processing_class = copy.deepcopy(processing_class)  # its model_max_length is set below, not the caller's
+        if processing_class is not None:  # every text is cut to the run's length, and the exports say so
+            if raw:
+                args.max_length, self.cut_share = resolve_max_length(
+                    args.max_length, processing_class, max_tokens(base_config, processing_class), self.labeled,
+                    self.unlabeled, seed=args.seed,
+                )  # fmt: skip
+            elif args.max_length is None:  # tokenized rows: as long as their longest
+                args.max_length = max(len(ids) for ids in train_dataset["input_ids"]) if train_dataset is not None else None
+            if args.max_length is not None:
+                processing_class.model_max_length = args.max_length
+        plan = plan_teacher(teacher_model, args, self.labeled if raw else None, processing_class)
+        if isinstance(model, (str, os.PathLike)):
             model = StudentCohort.from_pretrained(
                 base_path, id2label=id2label or id2label_from(train_dataset, eval_dataset), **args.cohort_kwargs()
             )
-        elif isinstance(model, StudentCohort):
-            check_cohort_matches(model, args)
-            self.base_model_name = model.base_model_name_or_path
-            if processing_class is None and raw:
-                processing_class = AutoTokenizer.from_pretrained(model.base_model_name_or_path)
-            plan = plan_teacher(teacher_model, args, self.labeled if raw else None, processing_class)
-        else:
-            raise TypeError(f"model must be a StudentCohort or a model path, got {type(model).__name__}")
         if raw and model.label_names != list(label_names):
             raise ValueError(
                 f"The cohort predicts {model.label_names}, but "
@@ -198,6 +222,7 @@ class MutualDistillationTrainer(Trainer):
         self.card_data.base_model = self.base_model_name
         self.teacher: Teacher | None = None  # what the cached teacher logits come from
         self.teacher_calibration = None  # with teacher_temperature="fit": the fitted temperature and its evidence
+        self.teacher_check = None  # the teacher's accuracy on the labeled rows beside the majority class's share
         self.temperature_setting = args.teacher_temperature  # the teacher's default when None (factory)
         online = teacher_model  # tokenized rows: a teacher_model is the online teacher
         if raw:
@@ -212,6 +237,7 @@ class MutualDistillationTrainer(Trainer):
                     train_in_every_process(teachers_to_train(self.teacher, self.labeled, fit_temperature=fit, seed=args.seed))
                 if args.lambda_embedding > 0:
                     self.teacher.keep_embeddings()
+                plain = rows
                 with args.main_process_first(desc="teacher logits"):  # computed once, read by the other processes
                     rows = self.teacher.add_logits(rows, max_length=args.max_length)
                     if args.lambda_embedding > 0:
@@ -221,6 +247,7 @@ class MutualDistillationTrainer(Trainer):
                         self.teacher_calibration = fitted_teacher_temperature(
                             self.teacher, self.labeled, seed=args.seed, max_length=args.max_length
                         )
+                self.teacher_check = self._score_teacher(plain, rows, args)  # before it teaches: refused if it is no better than chance
             self.card_data.wall_time_s["teacher_s"] = time.perf_counter() - t0
             train_dataset = tokenize(rows, processing_class, args.max_length)
             eval_dataset = _map_eval(eval_dataset, lambda rows, key: tokenize(
@@ -278,6 +305,25 @@ class MutualDistillationTrainer(Trainer):
 
     # ---- teacher ----
 
+    def _score_teacher(self, plain: Dataset, rows: Dataset, args: MutualDistillationConfig) -> dict:
+        """The teacher's (and an ensemble's members') accuracy on the labeled rows, the first rows of the training
+        rows (`plain`; `rows`: with the teacher's logits), checked against the majority class
+        ([`check_teacher_beats_majority`]). A member's logits of `plain` are read from its cache."""
+        labeled_count = len(self.labeled)
+
+        def on_labeled(teacher: Teacher) -> np.ndarray:
+            done = rows if teacher is self.teacher else teacher.add_logits(plain, max_length=args.max_length)
+            return np.asarray(done.select(range(labeled_count))["teacher_logits"])
+
+        found = labeled_accuracy(self.teacher, self.labeled, on_labeled(self.teacher), calibration=self.teacher_calibration)
+        labels = np.asarray(self.labeled["label"])
+        if self.teacher.members != [self.teacher]:
+            found["members"] = {m.name: float((on_labeled(m).argmax(-1) == labels).mean()) for m in self.teacher.members}
+        logger.info("Teacher %s on the %d labeled rows: accuracy %.3f (%s); the majority class %r has %.3f",
+                    found["teacher"], found["rows"], found["accuracy"], found["how"], found["majority_class"], found["majority"])  # fmt: skip
+        check_teacher_beats_majority(found, allow_weak=args.allow_weak_teacher)
+        return found
+
     def teacher_logits(self, rows: Dataset) -> np.ndarray:
         """The teacher's logits `[N, C]` for `rows` (a `text` column): the live online teacher, or the cached
         offline teacher's (computed once under `main_process_first`)."""
@@ -291,6 +337,49 @@ class MutualDistillationTrainer(Trainer):
         return np.asarray(done["teacher_logits"], dtype=np.float32)
 
     # ---- data ----
+
+    def model_rows(self, rows: Dataset, source: str = "dataset", *, labels_required: bool = True) -> Dataset:
+        """Raw rows (`args.text_column`, and `args.label_column` with the run's labels) -> tokenized rows the cohort
+        evaluates or predicts, checked like the constructor's eval set (naming `source`); tokenized rows are kept as
+        they are. Without `labels_required`, rows without a label column are taken as texts to predict."""
+        if not isinstance(rows, Dataset) or "input_ids" in rows.column_names:
+            return rows
+        args = self.args
+        if labels_required or args.label_column in rows.column_names:
+            label_names = self.accelerator.unwrap_model(self.model).label_names
+            rows = labeled_rows(rows, args.text_column, args.label_column, label_names=label_names, source=source)
+            rows = rows.rename_column("label", "labels")
+        else:
+            rows = unlabeled_rows(rows, args.text_column, label_column=args.label_column, source=source)
+        return tokenize(rows, self.processing_class, args.max_length)
+
+    def evaluate(self, eval_dataset=None, ignore_keys: list[str] | None = None, metric_key_prefix: str = "eval"):
+        """Trainer's `evaluate`; `eval_dataset` may also be raw rows, like the constructor's ([`model_rows`])."""
+        eval_dataset = _map_eval(eval_dataset, self.model_rows) if not isinstance(eval_dataset, str) else eval_dataset
+        return super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+
+    def predict(self, test_dataset: Dataset, ignore_keys: list[str] | None = None, metric_key_prefix: str = "test"):
+        """Trainer's `predict`; `test_dataset` may also be raw rows, with or without labels ([`model_rows`]).
+        `predictions` are `[N, K, C]`, one column per student: [`student_logits`] gives one student's `[N, C]`."""
+        rows = self.model_rows(test_dataset, "test_dataset", labels_required=False)
+        return super().predict(rows, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+
+    def student_logits(self, rows: Dataset, student: int | None = None) -> np.ndarray:
+        """`[N, C]` logits of one student on `rows` (raw or tokenized, labels optional): `student`, by default the
+        exported one ([`select_student`] chooses it when none was chosen yet), as its exported model gives them."""
+        if student is None:
+            student = self.chosen_student if self.chosen_student is not None else self.select_student()
+        num_students = self.accelerator.unwrap_model(self.model).num_students
+        if not 0 <= student < num_students:
+            raise ValueError(f"student={student}: this cohort has students 0 to {num_students - 1}.")
+        return self.predict(rows).predictions[:, student]
+
+    def _get_eval_sampler(self, eval_dataset):
+        # Trainer orders evaluation rows by length under train_sampling_strategy="group_by_length" (this config's
+        # default), so predict() would return rows in another order than given; evaluate in the rows' own order.
+        if eval_dataset is None or self.args.world_size > 1:
+            return super()._get_eval_sampler(eval_dataset) if eval_dataset is None else None
+        return torch.utils.data.SequentialSampler(eval_dataset)
 
     def _set_signature_columns_if_needed(self):
         # The cohort's forward takes the model inputs only; the loss also needs `labels` and the teacher's columns.
@@ -432,7 +521,10 @@ class MutualDistillationTrainer(Trainer):
             loss, logits = self.compute_loss(model, inputs, return_outputs=True)
         if prediction_loss_only:
             return loss.detach(), None, None
-        return loss.detach(), logits.detach(), inputs.get("labels")  # logits [B, K, C]: one column per student
+        labels = inputs.get("labels")
+        if labels is not None and bool((labels == IGNORE_INDEX).all()):  # texts to predict: no metrics to compute
+            labels = None
+        return loss.detach(), logits.detach(), labels  # logits [B, K, C]: one column per student
 
     # ---- logging ----
 
@@ -546,6 +638,8 @@ class MutualDistillationTrainer(Trainer):
         if self.state.global_step == 0:
             raise RuntimeError("save_model() before train(): there is no trained student to save. Call train() first.")
         output_dir = output_dir or self.args.output_dir
+        if os.path.abspath(output_dir) not in (os.path.abspath(self.args.output_dir), self._saved_to and os.path.abspath(self._saved_to)):
+            check_no_previous_export(output_dir, overwrite=self.args.overwrite_output_dir, resuming=False)
         results = self.results()
         if self.is_world_process_zero():
             t0 = time.perf_counter()
@@ -613,11 +707,18 @@ class MutualDistillationTrainer(Trainer):
         return None
 
 
+def _named(eval_dataset: Dataset | dict | None) -> list[tuple[str, Dataset]]:
+    """The eval set(s) with the name a message gives them."""
+    if isinstance(eval_dataset, dict):
+        return [(f"eval_dataset[{key!r}]", rows) for key, rows in eval_dataset.items()]
+    return [("eval_dataset", eval_dataset)] if eval_dataset is not None else []
+
+
 def _map_eval(eval_dataset: Dataset | dict | None, function: Callable[[Dataset, str], Dataset]):
     """Apply `function(rows, name)` to the raw (untokenized) eval set(s); tokenized ones are kept as they are."""
     def one(rows: Dataset, name: str) -> Dataset:
         return rows if "input_ids" in rows.column_names else function(rows, name)
 
     if isinstance(eval_dataset, dict):
-        return {key: one(rows, f"eval_dataset[{key!r}]") for key, rows in eval_dataset.items()}
+        return {key: one(rows, name) for (name, rows), key in zip(_named(eval_dataset), eval_dataset)}
     return one(eval_dataset, "eval_dataset") if eval_dataset is not None else None

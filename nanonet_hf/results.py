@@ -56,10 +56,11 @@ class RunResults:
     teachers: dict | None = None  # an ensemble's members, each alone
     teacher_weights: dict | None = None
     llm_calibration: dict | None = None  # an LLM teacher on the labeled rows, before and after calibration
+    teacher_labeled: dict | None = None  # the teacher on the labeled rows beside the majority class (calibration.py)
     training_warning: str | None = None  # e.g. a collapse the supervised loss showed (fit_watch.py)
     supervised_only: dict | None = None
     selection: str | None = None
-    examples: list[str] = field(default_factory=list)  # one labeled text per class, for the card and the Space
+    examples: list[str] = field(default_factory=list)  # the shortest labeled text per class, for the card and the Space
     training: dict = field(default_factory=dict)
     learning_curve: dict | None = None
     hardware: str | None = None
@@ -120,7 +121,9 @@ def collect_results(trainer) -> RunResults:
         teacher = classification_metrics(predictions, np.asarray(eval_dataset["labels"]), len(cohort.label_names))
     members = teacher_members(trainer, eval_dataset) if teacher is not None else {}
     texts = rows["text"] if "text" in rows.column_names else None
-    examples = [texts[list(labels).index(c)] for c in sorted(set(labels[:labeled_count].tolist()))] if texts else []
+    examples = []  # the shortest labeled text of each class: the card's and the Space's examples
+    for c in sorted(set(labels[:labeled_count].tolist())) if texts else []:
+        examples.append(min((texts[i] for i in np.flatnonzero(labels[:labeled_count] == c)), key=len))
 
     def scores(prefix: str) -> dict | None:
         if f"{prefix}_accuracy" not in metrics:
@@ -136,6 +139,7 @@ def collect_results(trainer) -> RunResults:
         teachers=members.get("metrics"),
         teacher_weights=members.get("weights"),
         llm_calibration=members.get("llm_calibration"),
+        teacher_labeled=trainer.teacher_check,
         training_warning=trainer.fit_watch.message,
         students=[scores(f"student_{k}") for k in range(num_students)] if metrics else None,
         ensemble=scores("ensemble"),
@@ -178,6 +182,7 @@ def collect_results(trainer) -> RunResults:
             "student_views": args.student_views,
             "online_teacher": args.online_teacher,
             "max_length": args.max_length,
+            "max_length_cut": trainer.cut_share,  # the share of labeled and unlabeled texts it cut
             "seed": args.seed,
         },
         learning_curve=learning_curves(trainer.state.log_history, num_students),

@@ -51,7 +51,9 @@ class ScriptArguments:
         metadata={"help": "A classifier with the same labels, a SetFit body, or a causal LM (--teacher_type llm). "
                   "Default: train one here."},
     )
-    dataset: str | None = field(default=None, metadata={"help": "Built-in dataset: 'trec6' or 'rotten_tomatoes'."})
+    dataset: str | None = field(
+        default=None, metadata={"help": "Built-in dataset: 'trec6', 'rotten_tomatoes' or 'political_speeches' (long texts)."}
+    )
     labeled_file: str | None = field(default=None, metadata={"help": "Labeled .jsonl/.csv/.tsv file (the pool)."})
     unlabeled_file: str | None = field(default=None, metadata={"help": "Extra unlabeled texts (.jsonl/.csv/.tsv)."})
     eval_file: str | None = field(default=None, metadata={"help": "Labeled test file; replaces a built-in test split."})
@@ -83,6 +85,7 @@ def main(script_args: ScriptArguments, training_args: MutualDistillationConfig) 
         labels_per_class=script_args.labels_per_class,
         max_unlabeled=script_args.max_unlabeled,
         seed=training_args.seed,
+        class_names=training_args.class_names,
     )
     if data.test is None:
         raise SystemExit("No test split: pass --eval_file (a built-in --dataset has its own).")

@@ -147,7 +147,7 @@ def tiny_run(tiny_model_dir, tmp_path_factory) -> str:
         "--num_students", "2", "--student_layers", "3", "2", "--max_steps", "4", "--per_device_train_batch_size", "8",
         "--eval_strategy", "steps", "--eval_steps", "2", "--teacher_num_train_epochs", "1", "--learning_rate", "0.01",
         "--max_length", "16", "--report_to", "none", "--output_dir", str(run), "--setfit_body", "null",
-        "--speed_repeats", "2",
+        "--speed_repeats", "2", "--allow_weak_teacher", "true",  # a random tiny model is no teacher
     ]  # fmt: skip
     recipe.main(*recipe.parse_args(argv))
     return str(run)

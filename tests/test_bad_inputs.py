@@ -14,7 +14,7 @@ from nanonet_hf.base_model import load_base
 from nanonet_hf.data import prepare_data
 from nanonet_hf.teachers import check_teacher
 
-from .conftest import LABELS, make_texts, write_jsonl
+from .conftest import LABELS, load_script, make_texts, write_jsonl
 from .test_trainer import make_args, make_trainer
 
 ID2LABEL = dict(enumerate(LABELS))
@@ -82,20 +82,6 @@ def test_non_string_and_empty_texts_are_counted_and_located(tmp_path):
     rows[3]["text"], rows[7]["text"], rows[8]["text"] = 42, "   ", None
     with pytest.raises(ValueError, match=r"3 rows have an empty or non-string text \(rows \[3, 7, 8\]"):
         prepare(tmp_path, rows)
-
-
-def test_texts_shared_by_labeled_and_eval_rows_are_counted_in_a_warning(tmp_path, caplog):
-    rows = labeled_rows()
-    eval_rows = [dict(row) for row in rows[:3]] + labeled_rows(2, seed=9)
-    eval_rows[0]["text"] = eval_rows[0]["text"].upper() + " "  # same text, other case and spacing
-    with caplog.at_level(logging.WARNING, logger="nanonet_hf.data"):
-        prepare(tmp_path, rows, eval_rows=eval_rows, labels_per_class=2)
-    messages = [record.getMessage() for record in caplog.records]
-    overlap = [message for message in messages if "also appear in the" in message]
-    assert overlap, messages
-    labeled_count = sum(int(m.split(" of the ")[0]) for m in overlap)  # split between labeled and unlabeled rows
-    assert labeled_count == 3
-    assert all(f"of the {len(eval_rows)} evaluation texts" in message for message in overlap)
 
 
 # ---- models ----
@@ -284,3 +270,172 @@ def test_a_byte_that_is_not_utf8_is_named_with_its_file_and_line(name, tmp_path)
     line, column = (3, 5) if name.endswith(".csv") else (2, 15)  # the file's own lines, the CSV header counted
     with pytest.raises(ValueError, match=rf"{name}: line {line} is not UTF-8 \(byte 0xff at column {column}\)"):
         prepare_data(labeled_file=str(tmp_path / name))
+
+
+# ---- the Python API and the recipe alike: overlap, class names, an old run, a useless teacher ----
+
+
+def recipe_main(argv):
+    recipe = load_recipe()
+    return recipe.main(*recipe.parse_args(argv))
+
+
+def as_dataset(rows):
+    from datasets import Dataset
+
+    return Dataset.from_list(rows)
+
+
+def test_overlap_warns_and_labeled_texts_leave_the_pool_in_python_and_on_the_cli(tmp_path, caplog):
+    """Eval texts among the labeled rows warn (case and spacing ignored); labeled texts in the unlabeled pool are
+    dropped from it with a log line; through the constructor and the recipe alike (both stop at the missing model)."""
+    from nanonet_hf import MutualDistillationTrainer
+
+    labeled = labeled_rows()
+    evaluation = [dict(row) for row in labeled[:3]] + labeled_rows(2, seed=9)
+    evaluation[0]["text"] = evaluation[0]["text"].upper() + " "
+    pool = [{"text": row["text"]} for row in labeled[3:5]] + [{"text": f"unrelated text {i}"} for i in range(4)]
+    missing = str(tmp_path / "missing-model")
+    with caplog.at_level(logging.WARNING, logger="nanonet_hf.data"), pytest.raises(FileNotFoundError, match="no such folder"):
+        MutualDistillationTrainer(model=missing, args=make_args(tmp_path), train_dataset=as_dataset(labeled),
+                                  unlabeled_dataset=as_dataset(pool), eval_dataset=as_dataset(evaluation))  # fmt: skip
+    assert "3 of the 9 eval_dataset texts also appear in the labeled rows" in caplog.text
+    assert "Dropped 2 of the 6 unlabeled rows: their text is also a labeled row's" in caplog.text
+    caplog.clear()
+    files = [write_jsonl(tmp_path / f"{name}.jsonl", rows) for name, rows in
+             (("labeled", labeled), ("pool", pool), ("eval", evaluation))]  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="nanonet_hf.data"), pytest.raises(FileNotFoundError, match="no such folder"):
+        recipe_main(["--model_name_or_path", missing, "--labeled_file", files[0], "--unlabeled_file", files[1],
+                     "--eval_file", files[2], "--output_dir", str(tmp_path / "out")])  # fmt: skip
+    assert "3 of the 9 eval_dataset texts also appear in the labeled rows" in caplog.text
+    assert "Dropped 2 of the 6 unlabeled rows" in caplog.text
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_class_names_name_integer_labels_and_order_string_labels_in_python_and_on_the_cli(tiny_model_dir, tmp_path):
+    from nanonet_hf import MutualDistillationTrainer
+
+    ids = [{"text": row["text"], "label": LABELS.index(row["label"])} for row in labeled_rows()]
+    for rows, names in ((ids, LABELS), (labeled_rows(), ["tech", "sport", "food"])):  # ids; names in an unsorted order
+        args = make_args(tmp_path / names[0], class_names=names, lambda_kd=0.0)
+        trainer = MutualDistillationTrainer(model=tiny_model_dir, args=args, train_dataset=as_dataset(rows))
+        assert trainer.model.label_names == names and trainer.labeled.features["label"].names == names
+        assert [names[i] for i in trainer.labeled["label"]] == [LABELS[row["label"]] if rows is ids else row["label"] for row in rows]
+    path = write_jsonl(tmp_path / "ids.jsonl", ids)
+    recipe = load_recipe()
+    script, config = recipe.parse_args(["--labeled_file", path, "--class_names", *LABELS, "--output_dir", str(tmp_path / "cli")])
+    assert config.class_names == LABELS
+    data = prepare_data(labeled_file=path, class_names=config.class_names)
+    assert data.label_names == LABELS and data.labeled["label"] == [row["label"] for row in ids]
+    with pytest.raises(ValueError, match=r"ids.jsonl: unknown label\(s\) \[2\] in column 'label'; the label set is \['ham', 'spam'\]"):
+        prepare_data(labeled_file=path, class_names=["ham", "spam"])
+    with pytest.raises(ValueError, match=r"label_names=\['ham', 'spam'\] is Trainer's key of the labels in a batch.*class_names"):
+        recipe.parse_args(["--labeled_file", path, "--label_names", "ham", "spam", "--output_dir", str(tmp_path / "cli")])
+    with pytest.raises(ValueError, match=r"class_names=\['ham', 'ham'\] must name at least two classes, each once"):
+        make_args(tmp_path, class_names=["ham", "ham"])
+    assert not os.path.exists(tmp_path / "cli")
+
+
+def load_recipe():
+    return load_script("recipes", "train.py")
+
+
+def test_an_output_dir_with_a_previous_export_is_refused_unless_overwritten_or_resumed(tmp_path):
+    from nanonet_hf import MutualDistillationTrainer
+
+    out = tmp_path / "out"
+    (out / "student").mkdir(parents=True)
+    (out / "results.json").write_text("{}")
+    missing = str(tmp_path / "missing-model")
+    refused = r"output_dir .*out holds a previous run's export \(results.json, student\); .*--overwrite_output_dir true"
+    rows = as_dataset(labeled_rows())
+    with pytest.raises(ValueError, match=refused):
+        MutualDistillationTrainer(model=missing, args=make_args(tmp_path), train_dataset=rows)
+    labeled = write_jsonl(tmp_path / "labeled.jsonl", labeled_rows())
+    with pytest.raises(ValueError, match=refused):
+        recipe_main(["--model_name_or_path", missing, "--labeled_file", labeled, "--eval_file", labeled, "--output_dir", str(out)])
+    assert sorted(os.listdir(out)) == ["results.json", "student"] and (out / "results.json").read_text() == "{}"
+    for allowed in ({"overwrite_output_dir": True}, {"resume_from_checkpoint": str(out / "checkpoint-2")}):
+        with pytest.raises(FileNotFoundError, match="no such folder"):  # past the check, stopped at the model
+            MutualDistillationTrainer(model=missing, args=make_args(tmp_path, **allowed), train_dataset=rows)
+
+
+def always_first_class_teacher():
+    """A teacher that answers the first class whatever the text: no better than the majority class."""
+    import numpy as np
+
+    from nanonet_hf import Teacher
+
+    class AlwaysFirst(Teacher):
+        name, fingerprint, label_names = "always-food", "always-food-v1", sorted(LABELS)
+
+        def logits(self, texts, batch_size=64):
+            return np.tile(np.log([0.8, 0.1, 0.1]), (len(texts), 1)).astype(np.float32)
+
+    return AlwaysFirst()
+
+
+def test_a_teacher_no_better_than_the_majority_class_is_refused_unless_allowed(tiny_model_dir, tmp_path, caplog):
+    from nanonet_hf import MutualDistillationTrainer
+
+    rows, pool = as_dataset(labeled_rows()), as_dataset([{"text": f"some text {i}"} for i in range(6)])
+    refused = (r"The teacher always-food is right on 33.3% of the 18 labeled rows \(these rows\), no better than always "
+               r"answering the majority class 'food' \(33.3%\) plus 5%.*--allow_weak_teacher true")  # fmt: skip
+    with pytest.raises(ValueError, match=refused):
+        MutualDistillationTrainer(model=tiny_model_dir, teacher_model=always_first_class_teacher(),
+                                  args=make_args(tmp_path, allow_weak_teacher=False), train_dataset=rows,
+                                  unlabeled_dataset=pool)  # fmt: skip
+    assert not os.path.exists(tmp_path / "out")
+    with caplog.at_level(logging.WARNING):
+        trainer = MutualDistillationTrainer(model=tiny_model_dir, teacher_model=always_first_class_teacher(),
+                                            args=make_args(tmp_path, allow_weak_teacher=True), train_dataset=rows,
+                                            unlabeled_dataset=pool)  # fmt: skip
+    assert "Teaching anyway (allow_weak_teacher)" in caplog.text
+    assert trainer.teacher_check == {"teacher": "always-food", "accuracy": pytest.approx(1 / 3), "rows": 18,
+                                     "how": "these rows", "majority": pytest.approx(1 / 3), "majority_class": "food",
+                                     "members": {}}  # fmt: skip
+
+
+def test_a_classifier_teacher_that_answers_one_class_is_refused_on_the_cli(tiny_model_dir, tmp_path):
+    model = AutoModelForSequenceClassification.from_pretrained(
+        tiny_model_dir, num_labels=3, id2label=dict(enumerate(sorted(LABELS))),
+        label2id={name: i for i, name in enumerate(sorted(LABELS))}, ignore_mismatched_sizes=True,
+    )  # fmt: skip
+    with torch.no_grad():
+        model.classifier.bias.copy_(torch.tensor([50.0, 0.0, 0.0]))  # always 'food'
+    model.save_pretrained(tmp_path / "teacher")
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "teacher")
+    pool, test = (write_jsonl(tmp_path / f"{name}.jsonl", labeled_rows(6, seed=seed)) for name, seed in (("pool", 1), ("test", 2)))
+    argv = ["--model_name_or_path", tiny_model_dir, "--teacher_name_or_path", str(tmp_path / "teacher"), "--labeled_file",
+            pool, "--labels_per_class", "4", "--eval_file", test, "--student_layers", "3", "2", "--output_dir", str(tmp_path / "out")]  # fmt: skip
+    with pytest.raises(ValueError, match=r"The teacher .*teacher is right on 33.3% of the 12 labeled rows \(these rows\)"):
+        recipe_main(argv)
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_evaluate_predict_and_student_logits_take_raw_rows(tiny_model_dir, tmp_path):
+    import numpy as np
+    from transformers import AutoModelForSequenceClassification as Auto
+
+    from nanonet_hf import MutualDistillationTrainer
+
+    args = make_args(tmp_path, num_students=2, max_steps=2, lambda_kd=0.0, speed_repeats=0, student_selection="ensemble")
+    trainer = MutualDistillationTrainer(model=tiny_model_dir, args=args, train_dataset=as_dataset(labeled_rows()))
+    trainer.train()
+    test = labeled_rows(3, seed=4)
+    metrics = trainer.evaluate(as_dataset(test))
+    assert 0 <= metrics["eval_ensemble_accuracy"] <= 1 and "eval_student_1_accuracy" in metrics
+    texts = as_dataset([{"text": row["text"]} for row in test])
+    output = trainer.predict(texts)
+    assert output.predictions.shape == (9, 2, 3) and output.label_ids is None
+    chosen = trainer.student_logits(texts)  # the exported student's, chosen now
+    np.testing.assert_allclose(chosen, output.predictions[:, trainer.chosen_student], atol=1e-6)
+    trainer.save_model()
+    student = Auto.from_pretrained(os.path.join(args.output_dir, "student"))
+    inputs = trainer.processing_class([row["text"] for row in test], padding=True, truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        np.testing.assert_allclose(student(**inputs).logits.numpy(), chosen, atol=1e-5)
+    with pytest.raises(ValueError, match=r"test_dataset: unknown label\(s\) \['weather'\]"):
+        trainer.predict(as_dataset([{"text": "rain", "label": "weather"}]))
+    with pytest.raises(ValueError, match=r"student=5: this cohort has students 0 to 1"):
+        trainer.student_logits(texts, student=5)

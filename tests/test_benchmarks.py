@@ -169,3 +169,13 @@ def test_inference_benchmark_times_the_exported_family_beside_the_teacher(tmp_pa
     for row in rows.values():
         assert row["batch_1_ms"] > 0 and row["batch_32_ms"] > 0 and "speedup_batch_32" in row
     assert "| student, 3 layers | 3 |" in capsys.readouterr().out
+
+
+def test_long_texts_benchmark_times_the_students_step_per_length(tmp_path, capsys):
+    benchmark = load_script("benchmarks", "long_texts.py")
+    benchmark.main(["--lengths", "16", "32", "--steps", "1", "--setfit_lengths", "--json", str(tmp_path / "long.json")])
+    saved = json.loads((tmp_path / "long.json").read_text())
+    assert saved["chosen_max_length"] == saved["cap"] == 512  # speeches are longer than MiniLM reads
+    assert [row["max_length"] for row in saved["rows"]] == [16, 32]
+    assert all(row["student_step_s"] > 0 and row["labeled_cut"] == 1.0 for row in saved["rows"])
+    assert "| 32 | 100% | 100% |" in capsys.readouterr().out

@@ -198,3 +198,13 @@ def test_class_names_follow_a_classlabel_cast_and_otherwise_sort():
     assert as_rows(strings).features["label"].names == ["ham", "spam"]  # sorted, as the README says
     kept = as_rows(strings.cast_column("label", ClassLabel(names=["spam", "ham"])))
     assert kept.features["label"].names == ["spam", "ham"] and kept["label"] == [0, 1, 0]
+
+
+def test_the_built_in_long_documents_are_split_once_into_a_pool_and_a_fixed_test_set():
+    from nanonet_hf.data import load_political_speeches
+
+    first, again = load_political_speeches(), load_political_speeches()
+    assert (len(first["train"]), len(first["test"])) == (129, 60)
+    assert first["test"]["text"] == again["test"]["text"] and not set(first["test"]["text"]) & set(first["train"]["text"])
+    assert first["train"].features["label"].names == ["democrat", "republican"]
+    assert np.median([len(text.split()) for text in first["train"]["text"]]) > 400  # longer than an encoder reads

@@ -226,7 +226,8 @@ def test_the_recipe_runs_an_llm_teacher_and_refuses_bad_verbalizers_first(tiny_m
         "--teacher_type", "llm", "--teacher_name_or_path", tiny_lm, "--verbalizers", "pasta", "goal", "laptop",
         "--student_layers", "3", "2",
         "--max_steps", "2", "--per_device_train_batch_size", "8", "--max_length", "16", "--report_to", "none",
-        "--output_dir", str(tmp_path / "run"), "--supervised_baseline", "false",
+        "--output_dir", str(tmp_path / "run"), "--supervised_baseline", "false", "--allow_weak_teacher", "true",
+        "--overwrite_output_dir", "true",  # the refusals below reuse these flags
     ]  # fmt: skip
     results = recipe.main(*recipe.parse_args(argv)).to_dict()
     assert results["teacher_name_or_path"].startswith("LLM tiny-llama") and "(1-shot, prior calibration)" in results["teacher_name_or_path"]

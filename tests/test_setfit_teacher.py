@@ -46,7 +46,8 @@ def test_recipe_with_a_setfit_teacher(tiny_model_dir, tmp_path, monkeypatch):
         "--num_students", "2", "--student_layers", "3", "1", "--teacher_type", "setfit", "--setfit_body", "null",
         "--setfit_iterations", "2", "--max_steps", "2",
         "--per_device_train_batch_size", "8", "--max_length", "16", "--report_to", "none", "--output_dir", str(tmp_path / "run"),
-        "--supervised_baseline", "false",
+        "--supervised_baseline", "false", "--allow_weak_teacher", "true",
+        "--overwrite_output_dir", "true",  # the refusals below reuse these flags
     ]  # fmt: skip
     results = recipe.main(*recipe.parse_args(argv)).to_dict()
     assert results["teacher_name_or_path"].startswith("SetFit (2 pair iterations)")

@@ -32,6 +32,7 @@ def make_args(tmp_path, **overrides):
         seed=0,
         student_layers=None,  # the tiny models have 3 layers: every student keeps them all (the default is [6, 3])
         setfit_body=None,  # a SetFit teacher on the tiny base, not the default MPNet body
+        allow_weak_teacher=True,  # a random tiny model is no teacher; the refusal has its own tests (test_bad_inputs)
     )
     values.update(overrides)
     return MutualDistillationConfig(**values)

@@ -81,6 +81,15 @@ class CardDataCallback(TrainerCallback):
         self.card_data.eval_step = state.global_step
 
 
+def short_example(text: str, max_chars: int = 200) -> str:
+    """`text` cut after the last whole word within `max_chars` characters: a card's snippet shows a sentence, not a
+    whole document."""
+    text = " ".join(text.split())
+    if len(text) <= max_chars:
+        return text
+    return text[:max_chars].rsplit(" ", 1)[0] + " ..."
+
+
 def template_path(name: str = CARD_TEMPLATE) -> str:
     """Path of a card template; `model_cards/` is installed as the package `nanonet_hf.model_cards`."""
     return str(files("nanonet_hf.model_cards").joinpath(name))
@@ -242,11 +251,12 @@ def model_card(
         wall_time=[(PHASES.get(key, key), seconds) for key, seconds in (results.wall_time_s or {}).items()],
         has_supervised=bool(results.supervised_only),
         hardware=results.hardware,
-        example_text=examples[0].replace("\\", "\\\\").replace('"', '\\"'),
+        example_text=repr(short_example(examples[0])),  # a Python string literal, newlines and quotes escaped
         margin=_margin(student_scores["accuracy"], results.label_budget["test"]),
         max_length=training.get("max_length", "max_length"),
         versions=results.versions or {},
         training_warning=results.training_warning,
+        teacher_labeled=results.teacher_labeled,
     )
 
 

@@ -34,6 +34,8 @@ class Teacher:
 
     kind = "custom"  # what it is, for the results: "fine_tune", "setfit", "llm", "ensemble", or a user's own
     default_temperature: float = 1.0
+    # trained on the run's labeled rows, so its accuracy there is in-sample (SetFit; a classifier fine-tuned here)
+    learns_labeled_rows: bool = False
     # every teacher sets these (as attributes or properties)
     name: str  # how results and the card name it
     label_names: list[str]  # its label space, in class-id order
@@ -107,19 +109,19 @@ def cached_column(dataset: Dataset, teacher: Teacher, column: str, compute, *, m
     fingerprint = Hasher.hash([dataset._fingerprint, teacher.fingerprint, max_length, *key])
     cache_dir = cache_dir or os.path.join(datasets_config.HF_DATASETS_CACHE, "nanonet_hf", "teacher_logits")
     os.makedirs(cache_dir, exist_ok=True)
-    started = []
+    cache_file = os.path.join(cache_dir, f"{fingerprint}.arrow")
+    if not os.path.exists(cache_file):  # a miss: the log says which process does the work
+        logger.info("Computing %s of %d rows with %s", column.replace("_", " "), len(dataset), teacher.name)
+        teacher.train()  # what trains on first use (SetFit) trains now, under its own progress bar, not the rows'
 
     def predict(texts: list[str]) -> list:
-        if not started:  # only when the cache misses: the log says which process did the work
-            started.append(True)
-            logger.info("Computing %s of %d rows with %s", column.replace("_", " "), len(dataset), teacher.name)
         return np.asarray(compute(texts, batch_size=batch_size)).tolist()
 
     return dataset.map(
         lambda batch: {column: predict(batch["text"])},
         batched=True,
         batch_size=1024,
-        cache_file_name=os.path.join(cache_dir, f"{fingerprint}.arrow"),
+        cache_file_name=cache_file,
         new_fingerprint=fingerprint,
         desc=f"Teacher {column.removeprefix('teacher_')}",
     )

@@ -125,3 +125,55 @@ def fitted_teacher_temperature(teacher, labeled: Dataset, *, folds: int = 3, see
     logger.info("Teacher temperature fitted on %d labeled rows (%d folds, held-out accuracy %.3f): %.3f (NLL %.3f -> %.3f)",
                 len(labels), folds, found["held_out_accuracy"], temperature, found["nll_before"], found["nll_after"])  # fmt: skip
     return found
+
+
+# a teacher must beat always answering the majority class by this much on the labeled rows, or it is refused
+MAJORITY_MARGIN = 0.05
+
+
+def labeled_accuracy(teacher, labeled: Dataset, logits: np.ndarray, *, calibration: dict | None = None) -> dict:
+    """How often `teacher` is right on the labeled rows, read as held out as the run allows, beside the majority
+    class's share: `{"teacher", "accuracy", "rows", "how", "majority", "majority_class", "members"}`.
+
+    - a fitted temperature's cross-fitted predictions (`calibration`), or a fitted ensemble's: held out;
+    - an LLM's calibrated predictions (no row is its own prompt example; the calibration bias is fitted on the rows);
+    - else `logits` (`[N, C]`, the teacher's own of the labeled rows): in-sample for a teacher trained on them
+      (`learns_labeled_rows`), where a low score is damning and a high one proves little; held out otherwise.
+    `members`: an ensemble's members' accuracies, from `logits` of each (`{name: accuracy}`), filled by the caller."""
+    labels = np.asarray(labeled["label"])
+    names = labeled.features["label"].names
+    counts = np.bincount(labels, minlength=len(names))
+    report = teacher.calibration_report()
+    if calibration is not None:
+        accuracy, how = calibration["held_out_accuracy"], f"held out: {calibration['folds']}-fold cross-fitting"
+    elif getattr(teacher, "weights_setting", None) == "fit":
+        accuracy = float((teacher.combine(teacher.cross_fitted_logits()).argmax(-1) == labels).mean())
+        how = f"held out: {teacher.folds}-fold cross-fitting"
+    elif report is not None and teacher.members == [teacher]:
+        accuracy, how = report["labeled_accuracy_calibrated"], "after calibration on these rows (none its own example)"
+    else:
+        accuracy = float((np.asarray(logits).argmax(-1) == labels).mean())
+        how = "in-sample: it was trained on these rows" if teacher.learns_labeled_rows else "these rows"
+    return {
+        "teacher": teacher.name, "accuracy": float(accuracy), "rows": int(len(labels)), "how": how,
+        "majority": float(counts.max() / len(labels)), "majority_class": names[int(counts.argmax())], "members": {},
+    }  # fmt: skip
+
+
+def check_teacher_beats_majority(found: dict, *, allow_weak: bool) -> None:
+    """Raise, naming the teacher, its accuracy and the baseline, if [`labeled_accuracy`]'s `found` is no better than
+    the majority class's share plus `MAJORITY_MARGIN` (unless `allow_weak`, which logs a warning instead)."""
+    if found["accuracy"] > found["majority"] + MAJORITY_MARGIN:
+        return
+    message = (
+        f"The teacher {found['teacher']} is right on {found['accuracy']:.1%} of the {found['rows']} labeled rows "
+        f"({found['how']}), no better than always answering the majority class {found['majority_class']!r} "
+        f"({found['majority']:.1%}) plus {MAJORITY_MARGIN:.0%}: the students would learn its noise."
+    )
+    if allow_weak:
+        logger.warning("%s Teaching anyway (allow_weak_teacher).", message)
+        return
+    raise ValueError(
+        f"{message} Check the teacher (its labels, prompt or verbalizers; a stronger model), or pass "
+        "--allow_weak_teacher true (allow_weak_teacher=True) to teach anyway."
+    )

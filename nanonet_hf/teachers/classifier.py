@@ -103,6 +103,7 @@ def train_teacher(
     """
     id2label = dict(enumerate(labeled.features["label"].names))
     tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
+    tokenizer.model_max_length = max_length  # the length it was trained at, as saved below
     set_seed(seed)  # the new head's init, not whatever ran before, decides the teacher: few labels make it matter
     model = load_base(model_name_or_path, id2label=id2label, seed=seed).model
     train = tokenize(labeled.rename_column("label", "labels"), tokenizer, max_length).remove_columns("text")
@@ -115,10 +116,10 @@ def train_teacher(
             warmup_steps=0.1,
             weight_decay=0.01,
             save_strategy="no",
-            logging_steps=10,
+            logging_strategy="no",
             report_to="none",
             seed=seed,
-            disable_tqdm=True,
+            disable_tqdm=False,  # the teacher's training shows its own progress bar
         )
         # under `accelerate launch` every process trains its share of each batch (DDP); the main one saves
         trainer = Trainer(model=model, args=args, train_dataset=train, processing_class=tokenizer)

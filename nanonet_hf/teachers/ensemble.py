@@ -82,6 +82,10 @@ class TeacherEnsemble(Teacher):
         return " + ".join(self.names)
 
     @property
+    def learns_labeled_rows(self) -> bool:
+        return any(member.learns_labeled_rows for member in self.teachers)
+
+    @property
     def members(self) -> list[Teacher]:
         return list(self.teachers)
 

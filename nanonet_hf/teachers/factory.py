@@ -127,6 +127,7 @@ def plan_teacher(
             str(teacher_model or args.llm_teacher), labeled, verbalizers=args.verbalizers,
             prompt=args.llm_prompt or DEFAULT_PROMPT, examples_per_class=args.llm_examples_per_class,
             calibration=args.llm_calibration, use_chat_template=args.llm_chat_template, seed=args.seed,
+            max_length=args.max_length or 128,
         )  # fmt: skip
     return plan
 
@@ -184,7 +185,9 @@ def _member(kind: str, plan: TeacherPlan, args, labeled: Dataset, *, base: str, 
         base, labeled, os.path.join(args.output_dir, "teacher"), num_train_epochs=args.teacher_num_train_epochs,
         learning_rate=args.teacher_learning_rate, max_length=args.max_length, seed=args.seed,
     )  # fmt: skip
-    return ClassifierTeacher(folder, max_length=args.max_length), "fine-tuned full-depth base (this run)"
+    teacher = ClassifierTeacher(folder, max_length=args.max_length)
+    teacher.learns_labeled_rows = True
+    return teacher, "fine-tuned full-depth base (this run)"
 
 
 def temperature_setting(teacher: Teacher | None, args, labeled: Dataset | None) -> "float | str | None":

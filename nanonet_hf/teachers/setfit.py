@@ -13,6 +13,7 @@ import contextlib
 import functools
 import hashlib
 import json
+import logging
 import os
 import tempfile
 
@@ -22,6 +23,8 @@ from transformers import AutoConfig, set_seed
 
 from ..files import folder_fingerprint, folder_parameters
 from .base import Teacher
+
+logger = logging.getLogger(__name__)
 
 
 class SetFitTeacher(Teacher):
@@ -36,6 +39,7 @@ class SetFitTeacher(Teacher):
     """
 
     kind = "setfit"
+    learns_labeled_rows = True
     # the logistic head is under-confident on a small body: sharpened (divided by this) where it is not fitted
     default_temperature = 0.25
 
@@ -95,12 +99,14 @@ class SetFitTeacher(Teacher):
     def model(self):
         """The trained `setfit.SetFitModel` (trained now if it was not yet)."""
         if self._model is None:
-            from setfit import SetFitModel, Trainer, TrainingArguments
+            from setfit import Trainer, TrainingArguments
 
             set_seed(self.settings["seed"])
-            model = SetFitModel.from_pretrained(self.body_name_or_path)
+            model = self._body()
+            logger.info("Training %s on %d labeled rows (%d pair iterations, %d tokens per text)", self.name,
+                        len(self.labeled), self.settings["num_iterations"], self.settings["max_length"])  # fmt: skip
             with tempfile.TemporaryDirectory() as scratch, keep_accelerate_state():
-                args = TrainingArguments(output_dir=scratch, show_progress_bar=False, **self.settings)
+                args = TrainingArguments(output_dir=scratch, show_progress_bar=True, **self.settings)
                 Trainer(model=model, args=args, train_dataset=self.labeled).train()
             self._model = model
         return self._model
@@ -123,10 +129,18 @@ class SetFitTeacher(Teacher):
         share is negligible. Nothing is trained for a timing."""
         if self._model is not None:
             return lambda texts: self.logits(list(texts))
+        body = self._body()
+        return lambda texts: body.encode(list(texts), batch_size=len(texts))
+
+    def _body(self):
+        """The untrained `setfit.SetFitModel` on the body, cutting texts at `max_length` tokens: SetFit's own
+        `max_length` reaches only its differentiable head, and the body would otherwise read (and train on) up to its
+        own `max_seq_length` (256 or 384 tokens)."""
         from setfit import SetFitModel
 
-        body = SetFitModel.from_pretrained(self.body_name_or_path)
-        return lambda texts: body.encode(list(texts), batch_size=len(texts))
+        model = SetFitModel.from_pretrained(self.body_name_or_path)
+        model.model_body.max_seq_length = self.settings["max_length"]
+        return model
 
     def embeddings(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         """`[N, D]` sentence embeddings from the trained body (embedding distillation: `lambda_embedding`); those
