@@ -250,7 +250,9 @@ def run_nanonet(settings: dict, data, unlabeled, test, teacher, scratch: str, ex
     `results()`: every student, the ensemble (one definition: `cohort_metrics`, the mean of the students'
     probabilities) and the student the trainer chooses without test labels (`select_student`). With `export_to`, the
     chosen student is exported there as well (`export_student`), and `exported` is its plain classifier's folder."""
-    config = MutualDistillationConfig(output_dir=os.path.join(scratch, "cohort"), use_cpu=True, **settings)
+    # every method runs to its row, a weak teacher too: its score on the labeled rows is in the results
+    config = MutualDistillationConfig(output_dir=os.path.join(scratch, "cohort"), use_cpu=True, allow_weak_teacher=True,
+                                      **settings)  # fmt: skip
     trainer = MutualDistillationTrainer(
         model=MINILM, teacher_model=teacher, args=config, train_dataset=data.labeled, unlabeled_dataset=unlabeled,
         eval_dataset=test,

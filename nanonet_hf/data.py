@@ -542,7 +542,7 @@ def resolve_max_length(
         "unlabeled": float((unlabeled_lengths > chosen).mean()) if len(unlabeled_lengths) else 0.0,
     }
     how = ("as set" if max_length is not None
-           else f"the {LENGTH_QUANTILE:.0%} quantile of the labeled rows' token lengths, at most the base's {cap}")  # fmt: skip
+           else f"the {100 * LENGTH_QUANTILE:.0f}th percentile of the labeled rows' token lengths, at most the base's {cap}")  # fmt: skip
     share = (f"{cut['labeled']:.1%} of the labeled texts and {cut['unlabeled']:.1%} of the unlabeled"
              + (f" (a sample of {len(pool)})" if len(pool) < len(unlabeled) else ""))  # fmt: skip
     longest = int(max(labeled_lengths.max(), unlabeled_lengths.max() if len(unlabeled_lengths) else 0))

@@ -1,6 +1,7 @@
 import json
 import os
 import random
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the Hub
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -128,6 +129,9 @@ def load_script(*path: str):
     import importlib.util
 
     name = "nanonet_script_" + "_".join(path).removesuffix(".py")
+    folder = os.path.join(ROOT, *path[:-1])
+    if folder not in sys.path:  # as `python script.py` does: the script's folder is importable (benchmarks/common.py)
+        sys.path.insert(0, folder)
     spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, *path))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -83,7 +83,7 @@ def test_unknown_label_in_eval_file_is_named(tmp_path):
 
 
 def test_unknown_dataset_is_refused_before_reading_anything():
-    with pytest.raises(ValueError, match=r"Unknown dataset 'imdb'; built-in datasets are \['rotten_tomatoes', 'trec6'\]"):
+    with pytest.raises(ValueError, match=r"Unknown dataset 'imdb'; built-in datasets are \['political_speeches', 'rotten_tomatoes', 'trec6'\]"):
         prepare_data(dataset="imdb", labels_per_class=10)
 
 

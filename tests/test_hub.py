@@ -106,6 +106,14 @@ def test_card_front_matter_model_index_and_learning_curve(tiny_run):
     assert f"{100 * results['teacher']['accuracy']:.2f}%" in card.text
     assert f'pipeline("text-classification", model="{student}")' in card.text
     assert "arXiv:2602.06093" in card.text and "- cohort training (with its evaluations): " in card.text
+    # the teacher on the labeled rows beside the majority class; the length trained at, which the tokenizer keeps
+    checked = results["teacher_labeled"]
+    assert checked["rows"] == budget["labeled"] and checked["how"] == "held out: 3-fold cross-fitting"
+    line = (f"On the {checked['rows']} labeled rows ({checked['how']}) it is right on {100 * checked['accuracy']:.1f}%, "
+            f"against {100 * checked['majority']:.1f}% for always answering the majority class")  # fmt: skip
+    assert line in card.text and ("allowed a weak teacher" in card.text) != checked["beats_majority"]
+    assert results["training"]["max_length"] == 16 and "trained on texts of at most 16 tokens" in card.text
+    assert json.loads(Path(student, "tokenizer_config.json").read_text())["model_max_length"] == 16
 
 
 def test_card_names_the_hub_dataset_and_base_model(tiny_run):

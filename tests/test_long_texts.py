@@ -61,7 +61,7 @@ def test_max_length_is_chosen_from_the_labeled_rows_capped_by_the_base_and_expor
         assert trainer.args.max_length == expected
         cut = np.mean([length > expected for length in lengths])
         assert trainer.cut_share["labeled"] == pytest.approx(cut)
-        assert f"max_length {expected} tokens (the 95% quantile" in caplog.text
+        assert f"max_length {expected} tokens (the 95th percentile" in caplog.text
         assert f"it cuts {cut:.1%} of the labeled texts" in caplog.text
         assert max(len(ids) for ids in trainer.train_dataset["input_ids"]) <= expected
         assert trainer.processing_class.model_max_length == expected

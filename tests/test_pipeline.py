@@ -305,5 +305,4 @@ def test_config_defaults_are_the_recommended_settings():
                 "rampup_ratio", "per_device_train_batch_size", "unlabeled_ratio",
                 "train_sampling_strategy", "max_steps", "learning_rate", "warmup_steps", "logging_steps", "seed"):  # fmt: skip
         assert getattr(args, key) == default_run[key], key
-    # the default run pins max_length 64, at which its figures were measured; a run on other data chooses its own
-    assert args.max_length is None and default_run["max_length"] == 64
+    assert args.max_length is None and "max_length" not in default_run  # chosen from the data, in both

@@ -162,8 +162,10 @@ def labeled_accuracy(teacher, labeled: Dataset, logits: np.ndarray, *, calibrati
 
 def check_teacher_beats_majority(found: dict, *, allow_weak: bool) -> None:
     """Raise, naming the teacher, its accuracy and the baseline, if [`labeled_accuracy`]'s `found` is no better than
-    the majority class's share plus `MAJORITY_MARGIN` (unless `allow_weak`, which logs a warning instead)."""
-    if found["accuracy"] > found["majority"] + MAJORITY_MARGIN:
+    the majority class's share plus `MAJORITY_MARGIN` (unless `allow_weak`, which logs a warning instead). Sets
+    `found["beats_majority"]`."""
+    found["beats_majority"] = found["accuracy"] > found["majority"] + MAJORITY_MARGIN
+    if found["beats_majority"]:
         return
     message = (
         f"The teacher {found['teacher']} is right on {found['accuracy']:.1%} of the {found['rows']} labeled rows "
