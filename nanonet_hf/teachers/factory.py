@@ -177,7 +177,7 @@ def _member(kind: str, plan: TeacherPlan, args, labeled: Dataset, *, base: str, 
         named = given or args.setfit_body
         body = resolve_model_path(named) if given is None and named else (named or base)
         teacher = SetFitTeacher(body, labeled, num_iterations=args.setfit_iterations, max_length=args.max_length,
-                                seed=args.seed)  # fmt: skip
+                                seed=args.seed, progress_bar=not args.disable_tqdm)  # fmt: skip
         return teacher, f"SetFit ({args.setfit_iterations} pair iterations) on {named or base_name or base}"
     if given is not None:
         return ClassifierTeacher(given, max_length=args.max_length), str(given)

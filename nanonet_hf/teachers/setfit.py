@@ -36,6 +36,7 @@ class SetFitTeacher(Teacher):
         labeled (`Dataset`): the labeled rows.
         num_iterations, num_epochs, batch_size, max_length: SetFit's training arguments.
         seed (`int`): seeds the pairs and the head.
+        progress_bar (`bool`): show SetFit's progress bar while it trains.
     """
 
     kind = "setfit"
@@ -53,8 +54,10 @@ class SetFitTeacher(Teacher):
         batch_size: int = 16,
         max_length: int = 64,
         seed: int = 0,
+        progress_bar: bool = True,
     ):
         self.body_name_or_path = body_name_or_path
+        self.progress_bar = progress_bar  # SetFit's own, while it trains (not a setting: the fingerprint ignores it)
         self.labeled = labeled.select_columns(["text", "label"])
         self.label_names = list(labeled.features["label"].names)
         self.num_labels = len(self.label_names)
@@ -86,7 +89,7 @@ class SetFitTeacher(Teacher):
 
     def with_rows(self, labeled: Dataset) -> "SetFitTeacher":
         """The same teacher trained on other labeled rows (cross-fitting: [`TeacherEnsemble`]'s weights)."""
-        return SetFitTeacher(self.body_name_or_path, labeled, **self.settings)
+        return SetFitTeacher(self.body_name_or_path, labeled, **self.settings, progress_bar=self.progress_bar)
 
     @functools.cached_property
     def fingerprint(self) -> str:
@@ -106,7 +109,7 @@ class SetFitTeacher(Teacher):
             logger.info("Training %s on %d labeled rows (%d pair iterations, %d tokens per text)", self.name,
                         len(self.labeled), self.settings["num_iterations"], self.settings["max_length"])  # fmt: skip
             with tempfile.TemporaryDirectory() as scratch, keep_accelerate_state():
-                args = TrainingArguments(output_dir=scratch, show_progress_bar=True, **self.settings)
+                args = TrainingArguments(output_dir=scratch, show_progress_bar=self.progress_bar, **self.settings)
                 Trainer(model=model, args=args, train_dataset=self.labeled).train()
             self._model = model
         return self._model
