@@ -53,7 +53,7 @@ from .mutual_distillation_config import MutualDistillationConfig, check_student_
 from .resources import check_model_path, resolve_model_path
 from .results import RunResults, collect_results, family_table
 from .teachers import Teacher, build_teacher, fitted_teacher_temperature, plan_teacher, train_in_every_process
-from .teachers.calibration import check_teacher_beats_majority, labeled_accuracy
+from .teachers.calibration import score_teacher
 from .teachers.factory import teachers_to_train, temperature_setting
 from .views import parse_views, student_views
 from .weighting import AdaptiveThresholds
@@ -306,23 +306,16 @@ class MutualDistillationTrainer(Trainer):
     # ---- teacher ----
 
     def _score_teacher(self, plain: Dataset, rows: Dataset, args: MutualDistillationConfig) -> dict:
-        """The teacher's (and an ensemble's members') accuracy on the labeled rows, the first rows of the training
-        rows (`plain`; `rows`: with the teacher's logits), checked against the majority class
-        ([`check_teacher_beats_majority`]). A member's logits of `plain` are read from its cache."""
+        """[`score_teacher`] on the labeled rows, the first rows of the training rows (`plain`; `rows`: with the
+        teacher's logits). An ensemble member's logits of `plain` are read back from its cache."""
         labeled_count = len(self.labeled)
 
         def on_labeled(teacher: Teacher) -> np.ndarray:
             done = rows if teacher is self.teacher else teacher.add_logits(plain, max_length=args.max_length)
             return np.asarray(done.select(range(labeled_count))["teacher_logits"])
 
-        found = labeled_accuracy(self.teacher, self.labeled, on_labeled(self.teacher), calibration=self.teacher_calibration)
-        labels = np.asarray(self.labeled["label"])
-        if self.teacher.members != [self.teacher]:
-            found["members"] = {m.name: float((on_labeled(m).argmax(-1) == labels).mean()) for m in self.teacher.members}
-        logger.info("Teacher %s on the %d labeled rows: accuracy %.3f (%s); the majority class %r has %.3f",
-                    found["teacher"], found["rows"], found["accuracy"], found["how"], found["majority_class"], found["majority"])  # fmt: skip
-        check_teacher_beats_majority(found, allow_weak=args.allow_weak_teacher)
-        return found
+        return score_teacher(self.teacher, self.labeled, on_labeled, calibration=self.teacher_calibration,
+                             allow_weak=args.allow_weak_teacher)  # fmt: skip
 
     def teacher_logits(self, rows: Dataset) -> np.ndarray:
         """The teacher's logits `[N, C]` for `rows` (a `text` column): the live online teacher, or the cached

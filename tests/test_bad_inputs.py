@@ -393,7 +393,7 @@ def test_a_teacher_no_better_than_the_majority_class_is_refused_unless_allowed(t
     assert "Teaching anyway (allow_weak_teacher)" in caplog.text
     assert trainer.teacher_check == {"teacher": "always-food", "accuracy": pytest.approx(1 / 3), "rows": 18,
                                      "how": "these rows", "majority": pytest.approx(1 / 3), "majority_class": "food",
-                                     "members": {}, "beats_majority": False}  # fmt: skip
+                                     "members": [], "beats_majority": False}  # fmt: skip
 
 
 def test_a_classifier_teacher_that_answers_one_class_is_refused_on_the_cli(tiny_model_dir, tmp_path):

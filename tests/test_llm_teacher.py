@@ -179,6 +179,15 @@ def test_ensemble_is_the_mean_of_tempered_members_and_fitted_weights_favour_the_
     weights = fit_mixture_weights(np.stack(members, 1), labels)
     assert weights.sum() == pytest.approx(1) and weights[0] > weights[1]
 
+    # scored on the labeled rows before it teaches: the fitted ensemble held out, each member on its own
+    from nanonet_hf.teachers.calibration import score_teacher
+
+    found = score_teacher(fitted, labeled, lambda teacher: teacher.logits(texts))
+    assert found["how"] == "held out: 3-fold cross-fitting" and found["accuracy"] == 1.0 and found["beats_majority"]
+    assert found["members"] == [{"name": "fixed", "accuracy": 1.0}, {"name": "fixed", "accuracy": 0.0}]
+    with pytest.raises(ValueError, match=r"The teacher fixed is right on 0.0% of the 18 labeled rows \(these rows\)"):
+        score_teacher(FixedTeacher(bad), labeled, lambda teacher: teacher.logits(texts))
+
 
 def test_bad_ensembles_are_refused(tiny_model_dir, tmp_path):
     labeled = labeled_rows()
@@ -212,6 +221,7 @@ def test_an_llm_and_setfit_ensemble_teaches_every_architecture(name, tmp_path, t
     assert list(results["teachers"]) == trainer.teacher.names and len(results["teachers"]) == 2
     assert results["teacher_name_or_path"].startswith("SetFit (1 pair iterations)") and " + LLM " in results["teacher_name_or_path"]
     assert results["llm_calibration"]["calibration"] == "prior"
+    assert [member["name"] for member in results["teacher_labeled"]["members"]] == trainer.teacher.names
     card = (tmp_path / "out" / "student" / "README.md").read_text()
     assert "teacher member: LLM" in card and "teacher member: SetFit" in card
 

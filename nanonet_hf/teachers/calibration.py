@@ -139,7 +139,7 @@ def labeled_accuracy(teacher, labeled: Dataset, logits: np.ndarray, *, calibrati
     - an LLM's calibrated predictions (no row is its own prompt example; the calibration bias is fitted on the rows);
     - else `logits` (`[N, C]`, the teacher's own of the labeled rows): in-sample for a teacher trained on them
       (`learns_labeled_rows`), where a low score is damning and a high one proves little; held out otherwise.
-    `members`: an ensemble's members' accuracies, from `logits` of each (`{name: accuracy}`), filled by the caller."""
+    `members`: an ensemble's members' accuracies (`[{"name", "accuracy"}]`), filled by [`score_teacher`]."""
     labels = np.asarray(labeled["label"])
     names = labeled.features["label"].names
     counts = np.bincount(labels, minlength=len(names))
@@ -156,7 +156,7 @@ def labeled_accuracy(teacher, labeled: Dataset, logits: np.ndarray, *, calibrati
         how = "in-sample: it was trained on these rows" if teacher.learns_labeled_rows else "these rows"
     return {
         "teacher": teacher.name, "accuracy": float(accuracy), "rows": int(len(labels)), "how": how,
-        "majority": float(counts.max() / len(labels)), "majority_class": names[int(counts.argmax())], "members": {},
+        "majority": float(counts.max() / len(labels)), "majority_class": names[int(counts.argmax())], "members": [],
     }  # fmt: skip
 
 
@@ -179,3 +179,18 @@ def check_teacher_beats_majority(found: dict, *, allow_weak: bool) -> None:
         f"{message} Check the teacher (its labels, prompt or verbalizers; a stronger model), or pass "
         "--allow_weak_teacher true (allow_weak_teacher=True) to teach anyway."
     )
+
+
+def score_teacher(teacher, labeled: Dataset, logits_of, *, calibration: dict | None = None, allow_weak: bool = False) -> dict:
+    """Score `teacher` on the labeled rows ([`labeled_accuracy`]; `logits_of(t)`: the `[N, C]` logits of teacher `t`
+    on them, for the teacher and an ensemble's members), log it, and refuse it if it is no better than the majority
+    class ([`check_teacher_beats_majority`]). Returns what was found."""
+    found = labeled_accuracy(teacher, labeled, logits_of(teacher), calibration=calibration)
+    labels = np.asarray(labeled["label"])
+    if teacher.members != [teacher]:
+        found["members"] = [{"name": member.name, "accuracy": float((logits_of(member).argmax(-1) == labels).mean())}
+                            for member in teacher.members]  # fmt: skip
+    logger.info("Teacher %s on the %d labeled rows: accuracy %.3f (%s); the majority class %r has %.3f", found["teacher"],
+                found["rows"], found["accuracy"], found["how"], found["majority_class"], found["majority"])  # fmt: skip
+    check_teacher_beats_majority(found, allow_weak=allow_weak)
+    return found
