@@ -451,9 +451,13 @@ def cap_rows(rows: Dataset, max_rows: int | None, seed: int) -> Dataset:
     return rows.select(sorted(keep.tolist()))
 
 
+def _normal(text: str) -> str:
+    """A text as compared with others: equal after stripping and lower-casing."""
+    return text.strip().lower()
+
+
 def _normalized(texts) -> set[str]:
-    """Texts compared as the same when equal after stripping and lower-casing."""
-    return {text.strip().lower() for text in texts}
+    return {_normal(text) for text in texts}
 
 
 def warn_about_overlap(labeled: Dataset, unlabeled: Dataset, test: Dataset, source: str = "evaluation") -> dict[str, int]:
@@ -480,7 +484,7 @@ def drop_labeled_texts(labeled: Dataset, unlabeled: Dataset) -> Dataset:
     if not len(unlabeled):
         return unlabeled
     known = _normalized(labeled["text"])
-    keep = [i for i, text in enumerate(unlabeled["text"]) if text.strip().lower() not in known]
+    keep = [i for i, text in enumerate(unlabeled["text"]) if _normal(text) not in known]
     if len(keep) < len(unlabeled):
         logger.warning("Dropped %d of the %d unlabeled rows: their text is also a labeled row's.",
                        len(unlabeled) - len(keep), len(unlabeled))  # fmt: skip

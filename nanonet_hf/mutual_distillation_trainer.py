@@ -369,9 +369,10 @@ class MutualDistillationTrainer(Trainer):
 
     def _get_eval_sampler(self, eval_dataset):
         # Trainer orders evaluation rows by length under train_sampling_strategy="group_by_length" (this config's
-        # default), so predict() would return rows in another order than given; evaluate in the rows' own order.
+        # default), so predict() would return rows in another order than given; evaluate in the rows' own order
+        # (under several processes accelerate shards them in order, as Trainer does without length grouping).
         if eval_dataset is None or self.args.world_size > 1:
-            return super()._get_eval_sampler(eval_dataset) if eval_dataset is None else None
+            return None
         return torch.utils.data.SequentialSampler(eval_dataset)
 
     def _set_signature_columns_if_needed(self):

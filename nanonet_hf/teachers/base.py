@@ -113,12 +113,8 @@ def cached_column(dataset: Dataset, teacher: Teacher, column: str, compute, *, m
     if not os.path.exists(cache_file):  # a miss: the log says which process does the work
         logger.info("Computing %s of %d rows with %s", column.replace("_", " "), len(dataset), teacher.name)
         teacher.train()  # what trains on first use (SetFit) trains now, under its own progress bar, not the rows'
-
-    def predict(texts: list[str]) -> list:
-        return np.asarray(compute(texts, batch_size=batch_size)).tolist()
-
     return dataset.map(
-        lambda batch: {column: predict(batch["text"])},
+        lambda batch: {column: np.asarray(compute(batch["text"], batch_size=batch_size)).tolist()},
         batched=True,
         batch_size=1024,
         cache_file_name=cache_file,

@@ -143,13 +143,14 @@ def labeled_accuracy(teacher, labeled: Dataset, logits: np.ndarray, *, calibrati
     labels = np.asarray(labeled["label"])
     names = labeled.features["label"].names
     counts = np.bincount(labels, minlength=len(names))
-    report = teacher.calibration_report()
+    # an LLM calibrates on the labeled rows when first asked: only where its report is read
+    report = teacher.calibration_report() if calibration is None and teacher.members == [teacher] else None
     if calibration is not None:
         accuracy, how = calibration["held_out_accuracy"], f"held out: {calibration['folds']}-fold cross-fitting"
     elif getattr(teacher, "weights_setting", None) == "fit":
         accuracy = float((teacher.combine(teacher.cross_fitted_logits()).argmax(-1) == labels).mean())
         how = f"held out: {teacher.folds}-fold cross-fitting"
-    elif report is not None and teacher.members == [teacher]:
+    elif report is not None:
         accuracy, how = report["labeled_accuracy_calibrated"], "after calibration on these rows (none its own example)"
     else:
         accuracy = float((np.asarray(logits).argmax(-1) == labels).mean())
