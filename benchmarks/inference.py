@@ -2,6 +2,7 @@
 
     python benchmarks/inference.py                          # MiniLM-L6 students of 6, 3, 2 layers vs the SetFit MPNet teacher
     python benchmarks/inference.py --run_dir runs/trec6     # the family a finished run exported, with its accuracies
+    python benchmarks/inference.py --run_dir runs/trec6 runs/rt   # + the tiers they exported (export_formats), one table each
     python benchmarks/inference.py --also sentence-transformers/all-MiniLM-L6-v2   # + SetFit on the students' body
     python benchmarks/inference.py --tiny --repeats 3       # a tiny random BERT: a smoke run
 
@@ -33,6 +34,7 @@ from transformers import (
 from nanonet_hf import SetFitTeacher
 from nanonet_hf.cohort import StudentCohort
 from nanonet_hf.data import load_builtin_dataset
+from nanonet_hf.deploy.tiers import tier_predictor
 from nanonet_hf.export import export_family
 from nanonet_hf.resources import resolve_model_path
 from nanonet_hf.results import RunResults
@@ -60,14 +62,19 @@ def teacher_predictor(name_or_path: str, labeled, max_length: int):
     return predict, AutoModel.from_pretrained(path).num_parameters()
 
 
-def run(args, base_path: str, folder: str) -> dict:
-    data = load_builtin_dataset("trec6")
+def run(args, base_path: str, folder: str, run_dir: str | None = None) -> dict:
+    """One table: the students (a finished run's, with their accuracy and its deployment tiers, or untrained ones
+    exported here) and the teacher, timed side by side on the run's test texts."""
+    results = RunResults.load(run_dir) if run_dir else None
+    dataset = results.dataset if results else "trec6"
+    max_length = (results.training.get("max_length") if results else None) or args.max_length
+    data = load_builtin_dataset(dataset)
     texts = list(data["test"]["text"])
     rows, predictors = {}, {}
-    if args.run_dir:
-        students = [row for row in RunResults.load(args.run_dir).family if not row.get("teacher")]
-        folders = [os.path.join(args.run_dir, row["dir"]) for row in students]
-        accuracy = {os.path.join(args.run_dir, row["dir"]): row.get("accuracy") for row in students}
+    if results:
+        students = [row for row in results.family if not row.get("teacher")]
+        folders = [os.path.join(run_dir, row["dir"]) for row in students]
+        accuracy = {os.path.join(run_dir, row["dir"]): row.get("accuracy") for row in students}
     else:
         id2label = dict(enumerate(data["test"].features["label"].names))
         cohort = StudentCohort.from_pretrained(
@@ -80,14 +87,22 @@ def run(args, base_path: str, folder: str) -> dict:
         model = AutoModelForSequenceClassification.from_pretrained(path).eval()
         name = f"student, {model.config.num_hidden_layers} layers"
         rows[name] = {"layers": model.config.num_hidden_layers, "parameters": model.num_parameters(),
-                      "accuracy": accuracy.get(path)}  # fmt: skip
-        predictors[name] = classifier_predictor(model, AutoTokenizer.from_pretrained(path), max_length=args.max_length)
+                      "accuracy": accuracy.get(path), "size_mb": _weights_mb(path)}  # fmt: skip
+        predictors[name] = classifier_predictor(model, AutoTokenizer.from_pretrained(path), max_length=max_length)
+    exported = f"student, {results.depths[results.chosen_student]} layers" if results else None
+    for tier in (results.tiers or [])[1:] if results else []:  # the PyTorch student is its row above
+        name = f"{exported}, {tier['name']}"
+        rows[name] = {"layers": rows[exported]["layers"] if tier["format"] != "static" else 0, "parameters": None,
+                      "accuracy": tier.get("accuracy"), "size_mb": tier["size_mb"]}  # fmt: skip
+        predictors[name] = tier_predictor(tier, run_dir, max_length=max_length)
     labeled = data["train"].select(range(12))
     others = [("teacher " + args.teacher, args.teacher)] if args.teacher else []
+    teacher_row = next((row for row in results.family if row.get("teacher")), {}) if results else {}
     for name, model in others + [(f"SetFit {model}" if "/" in model else model, model) for model in args.also]:
-        predictors[name], parameters = teacher_predictor(model, labeled, args.max_length)
+        predictors[name], parameters = teacher_predictor(model, labeled, max_length)
         rows[name] = {"layers": AutoConfig.from_pretrained(resolve_model_path(model)).num_hidden_layers,
-                      "parameters": parameters, "accuracy": None}  # fmt: skip
+                      "parameters": parameters, "size_mb": 4 * parameters / 1e6,  # fp32 weights
+                      "accuracy": teacher_row.get("accuracy") if name.startswith("teacher") else None}  # fmt: skip
     speeds = measure_speed(predictors, texts, repeats=args.repeats, warmup=args.warmup)
     for name, row in rows.items():
         row.update(speeds[name])
@@ -96,17 +111,22 @@ def run(args, base_path: str, folder: str) -> dict:
         if teacher:
             row["speedup_batch_1"] = teacher["batch_1_ms"] / row["batch_1_ms"]
             row["speedup_batch_32"] = teacher["batch_32_ms"] / row["batch_32_ms"]
-    return {"device": cpu(), "torch": torch.__version__, "rows": rows}
+    return {"dataset": dataset, "max_length": max_length, "device": cpu(), "torch": torch.__version__, "rows": rows}
+
+
+def _weights_mb(folder: str) -> float:
+    return sum(os.path.getsize(os.path.join(folder, name)) for name in os.listdir(folder) if name.endswith(".safetensors")) / 1e6
 
 
 def markdown(result: dict) -> str:
-    lines = ["| model | layers | parameters | accuracy | batch 1 ms | batch 32 ms | texts/s | vs teacher (b1 / b32) |",
+    lines = [f"{result['dataset']} test texts, at most {result['max_length']} tokens:", "",
+             "| model | layers | MB | accuracy | batch 1 ms | batch 32 ms | texts/s | vs teacher (b1 / b32) |",
              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for name, row in result["rows"].items():
-        speedup = f"{row['speedup_batch_1']:.2f}× / {row['speedup_batch_32']:.2f}×" if "speedup_batch_1" in row else "–"
+        speedup = f"{row['speedup_batch_1']:.1f}× / {row['speedup_batch_32']:.1f}×" if "speedup_batch_1" in row else "–"
         accuracy = f"{100 * row['accuracy']:.2f}" if row.get("accuracy") is not None else "–"
         lines.append(
-            f"| {name} | {row['layers']} | {row['parameters'] / 1e6:.1f}M | {accuracy} | {row['batch_1_ms']:.1f} | "
+            f"| {name} | {row['layers']} | {row['size_mb']:.1f} | {accuracy} | {row['batch_1_ms']:.2f} | "
             f"{row['batch_32_ms']:.1f} | {row['texts_per_s']:.0f} | {speedup} |"
         )
     return "\n".join(lines) + f"\n\nTimed on {result['device']}, tokenization included."
@@ -116,7 +136,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-path", default="sentence-transformers/all-MiniLM-L6-v2", help="the students' base")
     parser.add_argument("--depths", type=int, nargs="+", default=[6, 3, 2], help="the students' depths")
-    parser.add_argument("--run_dir", help="time the family a finished run exported (its students/ and results.json)")
+    parser.add_argument("--run_dir", nargs="+", help="time the family and the tiers that finished runs exported (each "
+                        "its own table, on its dataset's test split)")
     parser.add_argument("--teacher", default="sentence-transformers/all-mpnet-base-v2",
                         help="the teacher to time: a SetFit body or a classifier folder ('' for none)")  # fmt: skip
     parser.add_argument("--also", nargs="*", default=[], help="more models to time the same way as the teacher")
@@ -133,8 +154,9 @@ def main(argv=None) -> None:
         base_path = tiny_model(tiny_folder) if args.tiny else resolve_model_path(args.model_path)
         if args.tiny and args.teacher == parser.get_default("teacher"):
             args.teacher = base_path  # the tiny base's own classifier stands in for the teacher
-        result = run(args, base_path, folder)
-    report(result, markdown(result), args.json)
+        results = [run(args, base_path, folder, run_dir) for run_dir in args.run_dir or [None]]
+    result = results[0] if len(results) == 1 else {"runs": results}
+    report(result, "\n\n".join(markdown(one) for one in results), args.json)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ def supervised_baseline(trainer) -> dict[str, float] | None:
         "adapter_layers": ",".join(map(str, own_adapted)) if trainer.args.adapter_layers is not None else None,
         "student_views": None,
         "online_teacher": False, "max_steps": trainer.state.max_steps, "save_strategy": "no", "eval_strategy": "no",
+        "export_formats": [],  # it is evaluated, never exported
         "push_to_hub": False, "hub_token": trainer.args.hub_token, "resume_from_checkpoint": None,
         "text_column": "text", "label_column": "label",
     }  # fmt: skip

@@ -7,6 +7,7 @@ from transformers import TrainingArguments
 from transformers.utils import is_torch_npu_available, is_torch_xpu_available
 
 from .architectures import ADAPTER_TYPES
+from .deploy.formats import check_export_formats
 from .layer_plan import parse_layer_choice, parse_student_layers
 from .views import parse_views
 
@@ -383,6 +384,11 @@ class MutualDistillationConfig(TrainingArguments):
         default=False,
         metadata={"help": "Replace the export of a previous run in output_dir (refused otherwise, unless resuming)."},
     )
+    export_formats: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Deployment formats written beside the PyTorch student: 'onnx' (fp32, student/onnx/model.onnx), "
+                  "'onnx-int8' (student/onnx/model_quantized.onnx), 'static' (a Model2Vec student, student_static/)."},
+    )
     speed_repeats: int = field(
         default=10,
         metadata={"help": "Timed calls per batch size when the exported students and the teacher are timed on the CPU "
@@ -422,6 +428,7 @@ class MutualDistillationConfig(TrainingArguments):
             # process its own run instead of one gloo group (every process training on the full data).
             self.use_cpu = True
         super().__post_init__()
+        self.export_formats = check_export_formats(self.export_formats)
         if self.num_students < 1:
             raise ValueError(f"num_students must be at least 1, got {self.num_students}")
         # Trainer takes these as they come and fails (or trains one step) only inside train(), after the teacher

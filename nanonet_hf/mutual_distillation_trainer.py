@@ -41,6 +41,7 @@ from .data import (
     unlabeled_rows,
     warn_about_overlap,
 )
+from .deploy.tiers import check_static_pool, export_tiers
 from .export import export_family, export_student
 from .files import atomic_directory, check_no_previous_export, last_complete_checkpoint
 from .fit_watch import LabelFitWatch
@@ -172,6 +173,8 @@ class MutualDistillationTrainer(Trainer):
                 "unlabeled_dataset goes with raw labeled rows; a tokenized train_dataset already holds its unlabeled "
                 "rows (labels -100, after the labeled ones: nanonet_hf.data.training_dataset)."
             )
+        if train_dataset is not None:  # a static student learns from the teacher's labels of the pool
+            check_static_pool(args.export_formats, len(self.unlabeled) if raw else int((np.asarray(train_dataset["labels"]) < 0).sum()))
         id2label = dict(enumerate(label_names)) if raw else None
 
         # ---- model: one source of truth for K, layers and adapters ----
@@ -641,7 +644,9 @@ class MutualDistillationTrainer(Trainer):
             exported = export_student(cohort, results.chosen_student, output_dir, self.processing_class)
             results.exported = {"student_dir": exported.student_dir, "adapter_dir": exported.adapter_dir}
             folders = export_family(cohort, output_dir, self.processing_class) if cohort.num_students > 1 else [exported.student_dir]
-            results.family = family_table(self, results, folders, output_dir)
+            tiers, tier_predictors = export_tiers(self, exported.student_dir, output_dir) if self.args.export_formats else ([], {})
+            results.family = family_table(self, results, folders, output_dir, tiers, tier_predictors)
+            results.tiers = tiers or None
             if cohort.teacher is not None:  # what the students last learned from, as it ended up
                 with atomic_directory(os.path.join(output_dir, "online_teacher")) as tmp:
                     cohort.teacher.save_pretrained(tmp)

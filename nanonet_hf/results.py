@@ -38,6 +38,8 @@ class RunResults:
         cohort (`dict`): K, each student's layers (`student_layers`) and depth (`depths`), adapters, steps.
         family (`list[dict]`): one row per exported student and one for the teacher: layers, parameters, metrics and
             speed on the run's CPU ([`family_table`]).
+        tiers (`list[dict]`): with `export_formats`, the exported student as PyTorch, ONNX fp32, ONNX int8 and static
+            model: path, size in MB, metrics, the export's checks, and speed timed beside the family.
         label_budget, training, wall_time_s (`dict`): the label budget, the training settings, the time of each phase.
     """
 
@@ -68,6 +70,7 @@ class RunResults:
     wall_time_s: dict = field(default_factory=dict)
     exported: dict | None = None
     family: list[dict] | None = None
+    tiers: list[dict] | None = None  # the exported student's deployment formats (nanonet_hf.deploy.tiers)
 
     def __post_init__(self):
         if self.dataset_title is None:  # made by a run, or read from a results.json older than these fields
@@ -212,11 +215,17 @@ def teacher_members(trainer, eval_dataset) -> dict:
     return found
 
 
-def family_table(trainer, results: RunResults, folders: list[str], output_dir: str) -> list[dict]:
+def family_table(
+    trainer, results: RunResults, folders: list[str], output_dir: str, tiers: list[dict] = (), tier_predictors: dict | None = None
+) -> list[dict]:
     """One row per exported student (`folders`, in student order; one folder for a cohort of one): its layers,
     parameters, accuracy and macro-F1 on the eval set, and its speed on this machine's CPU (median ms per call at
     batch 1 and 32, texts per second), timed interleaved with the teacher (whose row comes last, `"teacher": True`).
-    `args.speed_repeats=0` leaves the speed out."""
+    `args.speed_repeats=0` leaves the speed out.
+
+    The deployment `tiers` of the exported student (rows of [`nanonet_hf.deploy.tiers.export_tiers`]) are timed in the
+    same interleaved calls (`tier_predictors`, by row name); their first row, the PyTorch student, takes its family
+    row's figures."""
     cohort = trainer.accelerator.unwrap_model(trainer.model)
     max_length = trainer.args.max_length
     students = [results.chosen_student] if len(folders) == 1 else list(range(cohort.num_students))
@@ -227,7 +236,7 @@ def family_table(trainer, results: RunResults, folders: list[str], output_dir: s
         rows.append({
             "name": f"student {k}", "student": k, "layers": cohort.depths[k], "layer_indices": cohort.student_layers[k],
             "parameters": model.num_parameters(), "accuracy": scores.get("accuracy"), "macro_f1": scores.get("macro_f1"),
-            "dir": os.path.relpath(folder, output_dir),
+            "dir": os.path.relpath(folder, output_dir), "size_mb": _weights_mb(folder),
         })  # fmt: skip
         predictors[rows[-1]["name"]] = classifier_predictor(model, AutoTokenizer.from_pretrained(folder), max_length=max_length)
     online, teacher = cohort.teacher, trainer.teacher
@@ -240,10 +249,15 @@ def family_table(trainer, results: RunResults, folders: list[str], output_dir: s
             classifier_predictor(online, trainer.processing_class, max_length=max_length) if online is not None
             else teacher.predictor()
         )  # fmt: skip
+    predictors.update(tier_predictors or {})
     if trainer.args.speed_repeats > 0:
         speeds = measure_speed(predictors, _speed_texts(trainer.eval_dataset, trainer.train_dataset), repeats=trainer.args.speed_repeats)
-        for row in rows:
+        for row in [*rows, *tiers[1:]]:
             row.update(speeds[row["name"]], measured_on=cpu())
+    if tiers:
+        chosen = next(row for row in rows if row.get("student") == results.chosen_student)
+        keys = ("accuracy", "macro_f1", "batch_1_ms", "batch_32_ms", "texts_per_s", "measured_on")
+        tiers[0].update({key: chosen[key] for key in keys if key in chosen})
     return rows
 
 
@@ -326,6 +340,26 @@ def family_markdown(results: RunResults) -> str | None:
     return "\n".join(lines)
 
 
+def tiers_markdown(results: RunResults) -> str | None:
+    """The exported student's deployment tiers (`results.tiers`): file, size, accuracy, speed on the run's CPU and
+    its ratio to the PyTorch student and to the teacher at batch 32, as a Markdown table; `None` when absent."""
+    tiers = results.tiers
+    if not tiers:
+        return None
+    teacher = next((row for row in results.family or [] if row.get("teacher") and "texts_per_s" in row), None)
+    timed = "texts_per_s" in tiers[0]
+    head = "| tier | path | MB | accuracy |" + (" batch 1 ms | texts/s (batch 32) | vs PyTorch | vs teacher |" if timed else "")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for row in tiers:
+        cells = [row["name"], f"`{row['path']}`", f"{row['size_mb']:.1f}",
+                 f"{100 * row['accuracy']:.2f}%" if row.get("accuracy") is not None else "–"]  # fmt: skip
+        if timed:
+            cells += [f"{row['batch_1_ms']:.2f}", f"{row['texts_per_s']:.0f}", f"{row['texts_per_s'] / tiers[0]['texts_per_s']:.1f}x",
+                      f"{row['texts_per_s'] / teacher['texts_per_s']:.1f}x" if teacher else "–"]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def run_summary(results: RunResults) -> str:
     """One paragraph under the table: the label budget, the cohort, the chosen student, the wall time."""
     budget, cohort = results.label_budget, results.cohort
@@ -345,6 +379,10 @@ def first_eval(eval_dataset):
 
 def _model_size(model: PreTrainedModel) -> dict:
     return {"layers": model.config.num_hidden_layers, "parameters": model.num_parameters()}
+
+
+def _weights_mb(folder: str) -> float:
+    return sum(os.path.getsize(os.path.join(folder, name)) for name in os.listdir(folder) if name.endswith(".safetensors")) / 1e6
 
 
 def _speed_texts(eval_dataset, train_dataset) -> list[str]:

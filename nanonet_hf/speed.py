@@ -42,9 +42,15 @@ def measure_speed(
     batch_sizes: Sequence[int] = (1, 32),
     repeats: int = 10,
     warmup: int = 2,
+    settle_s: float = 0.02,
 ) -> dict[str, dict[str, float]]:
     """For each predictor, the median milliseconds per call at each batch size (`batch_{n}_ms`) and the texts per
-    second at the largest (`texts_per_s`). Batches are consecutive `texts`, a new stretch at every repeat."""
+    second at the largest (`texts_per_s`). Batches are consecutive `texts`, a new stretch at every repeat.
+
+    Before each timed call the model runs on the same batch, untimed, for at least `settle_s` seconds: the first
+    calls after another model's are slowed by that model's threads (PyTorch's OpenMP threads keep spinning after a
+    call; on 2 cores, a static model's first batch after a PyTorch call took 2-15 ms against its 0.7 ms, measured),
+    and a deployed model answers its own previous request, not another framework's."""
     if not texts:
         raise ValueError("measure_speed needs texts to time the predictors on.")
     if repeats < 1:
@@ -58,6 +64,7 @@ def measure_speed(
             start = (repeat * size) % (len(texts) - size)
             batch = texts[start : start + size]
             for name, predict in predictors.items():
+                _settle(predict, batch, settle_s)
                 began = time.perf_counter()
                 predict(batch)
                 if repeat >= warmup:
@@ -69,6 +76,14 @@ def measure_speed(
         row["texts_per_s"] = largest / (row[f"batch_{largest}_ms"] / 1000)
         found[name] = row
     return found
+
+
+def _settle(predict: Predictor, batch: list[str], seconds: float) -> None:
+    """`predict(batch)` once, then again until `seconds` have passed."""
+    end = time.perf_counter() + seconds
+    predict(batch)
+    while time.perf_counter() < end:
+        predict(batch)
 
 
 def cpu() -> str:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser
 
+from nanonet_hf.deploy.tiers import fastest_tier
 from nanonet_hf.hub import PushError, push_space, push_student, write_space
 from nanonet_hf.hub.push import family_repo_id
 from nanonet_hf.hub.card import read_results
@@ -52,6 +53,11 @@ class PushArguments:
     )
     space_repo_id: str | None = field(default=None, metadata={"help": "Also write and push a Gradio Space demo there."})
     space_title: str | None = field(default=None, metadata={"help": "Title of the Space; default the model's name."})
+    space_tier: str = field(
+        default="pytorch",
+        metadata={"help": "What serves the Space: 'pytorch', 'onnx', 'onnx-int8', 'static', or 'fastest' (the run's "
+                  "fastest exported tier at batch 1)."},
+    )
 
 
 def main(args: PushArguments) -> int:
@@ -83,7 +89,10 @@ def main(args: PushArguments) -> int:
 
         if args.space_repo_id:
             results = read_results(args.run_dir)
-            space = {"title": args.space_title, "examples": results.examples, "license": args.license}
+            tier = fastest_tier(results) if args.space_tier == "fastest" else args.space_tier
+            if args.family and tier != "pytorch":
+                raise ValueError(f"--space_tier {tier}: only the chosen student has faster tiers; drop --family.")
+            space = {"title": args.space_title, "examples": results.examples, "license": args.license, "tier": tier}
             if args.family:  # the chosen student at REPO_ID, the others beside it
                 depths, chosen = results.depths, results.chosen_student
                 space["models"] = {

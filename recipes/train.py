@@ -35,7 +35,7 @@ from datasets import concatenate_datasets
 from nanonet_hf import MutualDistillationConfig, MutualDistillationTrainer, generate_unlabeled, prepare_data
 from nanonet_hf.cli import parse_config
 from nanonet_hf.data import BUILTIN_VERBALIZERS
-from nanonet_hf.results import RunResults, family_markdown, results_table, run_summary
+from nanonet_hf.results import RunResults, family_markdown, results_table, run_summary, tiers_markdown
 
 
 @dataclass
@@ -123,8 +123,8 @@ def main(script_args: ScriptArguments, training_args: MutualDistillationConfig) 
     trainer.save_model()  # the chosen student, its adapter, results.json; pushed too with --push_to_hub
     results = trainer.saved_results
     if trainer.is_world_process_zero():
-        family = family_markdown(results)
-        print("\n" + results_table(results) + "\n\n" + (family + "\n\n" if family else "") + run_summary(results)
+        tables = [table for table in (results_table(results), family_markdown(results), tiers_markdown(results)) if table]
+        print("\n" + "\n\n".join(tables) + "\n\n" + run_summary(results)
               + f"\nExported: {training_args.output_dir}/student" + (f" (every student: {training_args.output_dir}/students/)"
               if results.cohort["num_students"] > 1 else ""))  # fmt: skip
     return results

@@ -79,6 +79,7 @@ def test_recipe_end_to_end_on_the_real_model_and_trec6(tmp_path):
         "--logging_steps", "3",
         "--eval_steps", "3",  # the YAML evaluates every 100 steps: here at steps 3 and 6, for the card's curve
         "--supervised_baseline", "true",  # off in the YAML (the default run's time budget)
+        "--export_formats", "onnx", "onnx-int8", "static",  # every deployment tier, on the real MiniLM
     ]  # fmt: skip
     began = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -136,6 +137,28 @@ def test_recipe_end_to_end_on_the_real_model_and_trec6(tmp_path):
         assert row["batch_1_ms"] > 0 and row["batch_32_ms"] > 0 and row["texts_per_s"] > 0 and "CPU" in row["measured_on"]
     assert "| student 1" in result.stdout and "vs teacher" in result.stdout  # the recipe prints the family table
     assert "## Accuracy and speed" in card.text
+
+    # the deployment tiers of the exported student: the ONNX graphs give its logits (int8: its class on most rows),
+    # the static student loads with model2vec; each scored on the test split and timed with the family
+    from model2vec.inference import StaticModelPipeline
+
+    from nanonet_hf.deploy.onnx_export import OnnxClassifier
+
+    tiers = {row["format"]: row for row in results["tiers"]}
+    assert list(tiers) == ["pytorch", "onnx", "onnx-int8", "static"] and "| ONNX int8 |" in result.stdout
+    tokenizer = AutoTokenizer.from_pretrained(out / "student")
+    graph = OnnxClassifier(str(out / "student" / "onnx" / "model.onnx"), tokenizer)
+    reference = predict_logits(model, tokenizer, test["text"][:64], max_length=tokenizer.model_max_length)
+    np.testing.assert_allclose(graph.logits(test["text"][:64]), reference, atol=1e-4, rtol=1e-4)
+    assert tiers["onnx"]["accuracy"] == pytest.approx(accuracy, abs=1e-9) and tiers["onnx"]["fp32_max_abs_diff"] <= 1e-4
+    assert tiers["onnx-int8"]["int8_agreement"] >= 0.9 and tiers["onnx-int8"]["size_mb"] < tiers["onnx"]["size_mb"] / 3
+    static = StaticModelPipeline.from_pretrained(str(out / "student_static"))
+    assert list(static.classes_) == ["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"]
+    static_accuracy = float((static.predict_proba(test["text"]).argmax(-1) == np.asarray(test["label"])).mean())
+    assert static_accuracy == pytest.approx(tiers["static"]["accuracy"], abs=1e-9)
+    for row in tiers.values():
+        assert row["texts_per_s"] > 0 and row["size_mb"] > 0
+    assert "### Faster tiers" in card.text and "StaticModelPipeline.from_pretrained" in card.text
 
 
 MPNET = "sentence-transformers/all-mpnet-base-v2"

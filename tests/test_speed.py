@@ -15,15 +15,31 @@ def test_predictors_run_interleaved_on_the_same_batches_and_get_medians():
         return lambda texts: calls.append((name, tuple(texts)))
 
     texts = [f"text {i}" for i in range(40)]
-    speeds = measure_speed({"a": recorder("a"), "b": recorder("b")}, texts, batch_sizes=(1, 4), repeats=3, warmup=1)
+    speeds = measure_speed({"a": recorder("a"), "b": recorder("b")}, texts, batch_sizes=(1, 4), repeats=3, warmup=1, settle_s=0)
     assert set(speeds) == {"a", "b"}
     for row in speeds.values():
         assert set(row) == {"batch_1_ms", "batch_4_ms", "texts_per_s"} and all(value > 0 for value in row.values())
         assert row["texts_per_s"] == pytest.approx(4 / (row["batch_4_ms"] / 1000))
-    # (1 warm-up + 3 timed) × 2 batch sizes × 2 predictors, a then b on the very same batch every time
-    assert len(calls) == 16
-    assert all(calls[i][0] == "a" and calls[i + 1][0] == "b" and calls[i][1] == calls[i + 1][1] for i in range(0, 16, 2))
+    # (1 warm-up + 3 timed) × 2 batch sizes × 2 predictors, a then b on the very same batch every time, each timed
+    # call after one untimed call of the same predictor (settle_s=0: no more)
+    assert len(calls) == 32
+    assert all([name for name, _ in calls[i : i + 4]] == ["a", "a", "b", "b"] and len(set(calls[i : i + 4])) == 2
+               for i in range(0, 32, 4))  # fmt: skip
     assert {len(batch) for _, batch in calls} == {1, 4}
+
+
+def test_each_timed_call_follows_its_own_model_running_for_the_settling_time():
+    import time
+
+    calls = []
+
+    def slow_to_wake(texts):  # a model whose call takes 1 ms
+        calls.append(time.perf_counter())
+        time.sleep(0.001)
+
+    measure_speed({"a": slow_to_wake}, ["x"] * 8, batch_sizes=(1,), repeats=2, warmup=0, settle_s=0.01)
+    # per timed call: untimed calls for at least 10 ms (about 10 of 1 ms), then the timed one
+    assert len(calls) >= 2 * 6 and calls[-1] - calls[0] >= 0.02
 
 
 def test_few_texts_are_cycled_and_bad_calls_are_refused():

@@ -16,6 +16,7 @@ from importlib.resources import files
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from transformers import TrainerCallback
 
+from ..deploy.onnx_export import FP32_TOLERANCE
 from ..results import RunResults
 
 CARD_TEMPLATE = "student_card.md"
@@ -257,7 +258,34 @@ def model_card(
         versions=results.versions or {},
         training_warning=results.training_warning,
         teacher_labeled=results.teacher_labeled,
+        **_tier_rows(results.tiers if this == chosen else None, model_id),
     )
+
+
+def _tier_rows(tiers: list[dict] | None, model_id: str) -> dict:
+    """The card's tiers table and the files its snippets load: in the repository (`onnx/`, `static/`, as the push lays
+    them out), or beside a local student folder (`../student_static`)."""
+    if not tiers:
+        return {"tiers": None}
+    on_hub = HUB_ID.match(model_id) is not None and not os.path.exists(model_id)
+    rows, files = [], {}
+    for tier in tiers:
+        path = tier["path"]
+        if tier["format"] == "static":
+            file = "static/" if on_hub else os.path.join(os.path.dirname(model_id.rstrip("/")), path)
+            checked = f"agrees with the teacher on {100 * tier['held_out_agreement_with_teacher']:.1f}% of {tier['held_out_rows']} held-out unlabeled rows"
+            files["static_dir"] = file
+        else:
+            file = path.split("/", 1)[1] if "/" in path else path  # relative to the student folder
+            checked = "–"
+            if tier["format"] == "onnx":
+                checked = f"logits within {tier['fp32_max_abs_diff']:.1e} on {tier['check_rows']} rows"
+            elif tier["format"] == "onnx-int8":
+                checked = f"same class on {100 * tier['int8_agreement']:.1f}% of {tier['check_rows']} rows"
+            if tier["format"] != "pytorch":
+                files["onnx_file"] = file  # the int8 model when there is one (it comes last)
+        rows.append({**tier, "file": file, "checked": checked})
+    return {"tiers": rows, "on_hub": on_hub, "tiers_tolerance": FP32_TOLERANCE, **files}
 
 
 def write_model_card(

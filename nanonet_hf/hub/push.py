@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 
 from huggingface_hub import CommitInfo, HfApi, ModelCard, ModelCardData
 
-from ..files import atomic_directory
+from ..deploy.static_student import STATIC_DIR
 from ..export import family_dir
+from ..files import atomic_directory
 from ..results import RunResults
 from .card import LEARNING_CURVE_FILE, model_card, read_results, template_path
 
@@ -79,6 +80,10 @@ def stage_student(
     student (`student/`), or student `student` of the family (`students/student_{k}/`)."""
     source = os.path.join(run_dir, "student") if student is None else family_dir(run_dir, student)
     _copy_folder(source, target, skip=RENDERED)
+    static = os.path.join(run_dir, STATIC_DIR)
+    if student is None and os.path.isdir(static):  # the static tier travels with the student, as `static/`
+        os.makedirs(os.path.join(target, "static"))
+        _copy_folder(static, os.path.join(target, "static"), skip={"README.md"})
     curve = LEARNING_CURVE_FILE if os.path.isfile(os.path.join(target, LEARNING_CURVE_FILE)) else None
     card = model_card(results, repo_id, learning_curve_file=curve, license=license, student=student)
     card.save(os.path.join(target, "README.md"))

@@ -17,6 +17,8 @@ from .card import HUB_ID, template_path
 from .push import check_repo_id, upload
 
 APP_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "space_app.py")
+# what a Space needs beyond transformers and torch to serve each tier
+TIER_REQUIREMENTS = {"pytorch": [], "onnx": ["onnxruntime"], "onnx-int8": ["onnxruntime"], "static": ["model2vec"]}
 SPACE_FILES = ("app.py", "space_config.json", "requirements.txt", "README.md")
 
 
@@ -30,11 +32,16 @@ def write_space(
     top_k: int = 3,
     license: str | None = "apache-2.0",
     models: dict[str, str] | None = None,
+    tier: str = "pytorch",
 ) -> str:
     """Write a Gradio Space folder that demos `model_id` (a Hub repository id, or a local folder for local runs).
 
     With `models` (a label for each model, e.g. `{"student 1 (3 layers)": "me/clf-student-1"}`), the demo lets the
     user pick the model (a family of students of different depths); `model_id` is the one picked first.
+
+    `tier` is what serves the texts: `"pytorch"` (the transformers pipeline), `"onnx"` / `"onnx-int8"` (the student's
+    ONNX graph, pushed with it when the run exported it) or `"static"` (its Model2Vec student, pushed as `static/`):
+    a run's fastest tier is the last row of its `results.json` `tiers`.
 
     The folder is built in a temporary sibling and moved into place: an existing `space_dir` is replaced whole.
     """
@@ -46,6 +53,8 @@ def write_space(
         raise ValueError(f"models needs a label and a repository id or folder for each model; check {bad}")
     if models and model_id not in models.values():
         raise ValueError(f"model_id {model_id!r} is not one of models {sorted(models.values())}")
+    if tier not in TIER_REQUIREMENTS:
+        raise ValueError(f"tier must be one of {list(TIER_REQUIREMENTS)}, got {tier!r}")
     if not isinstance(top_k, int) or top_k < 1:
         raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
     examples = [text for text in examples if isinstance(text, str) and text.strip()]
@@ -54,12 +63,13 @@ def write_space(
     versions = package_versions("gradio", "transformers")
     with atomic_directory(space_dir) as tmp:
         shutil.copyfile(APP_SOURCE, os.path.join(tmp, "app.py"))
-        config = {"model": model_id, "title": title, "description": description, "examples": examples, "top_k": top_k}
+        config = {"model": model_id, "title": title, "description": description, "examples": examples, "top_k": top_k,
+                  "tier": tier}  # fmt: skip
         if models:
             config["models"] = models
         with open(os.path.join(tmp, "space_config.json"), "w") as handle:
             json.dump(config, handle, indent=2)
-        requirements = [f"transformers>={versions.get('transformers', '5.0')}", "torch"]
+        requirements = [f"transformers>={versions.get('transformers', '5.0')}", "torch", *TIER_REQUIREMENTS[tier]]
         with open(os.path.join(tmp, "requirements.txt"), "w") as handle:
             handle.write("\n".join(requirements) + "\n")  # gradio itself comes with the Space's sdk_version
         card_data = SpaceCardData(
