@@ -41,7 +41,7 @@ from .data import (
     unlabeled_rows,
     warn_about_overlap,
 )
-from .deploy.tiers import check_static_pool, export_tiers
+from .deploy.tiers import check_static_pool, export_tiers, static_training_rows
 from .export import export_family, export_student
 from .files import atomic_directory, check_no_previous_export, last_complete_checkpoint
 from .fit_watch import LabelFitWatch
@@ -638,13 +638,15 @@ class MutualDistillationTrainer(Trainer):
         if os.path.abspath(output_dir) not in (os.path.abspath(self.args.output_dir), self._saved_to and os.path.abspath(self._saved_to)):
             check_no_previous_export(output_dir, overwrite=self.args.overwrite_output_dir, resuming=False)
         results = self.results()
+        # the static student's rows; without cached teacher logits, from the cohort's predictions, in every process
+        static_rows = static_training_rows(self) if "static" in self.args.export_formats else None
         if self.is_world_process_zero():
             t0 = time.perf_counter()
             cohort = self.accelerator.unwrap_model(self.model)
             exported = export_student(cohort, results.chosen_student, output_dir, self.processing_class)
             results.exported = {"student_dir": exported.student_dir, "adapter_dir": exported.adapter_dir}
             folders = export_family(cohort, output_dir, self.processing_class) if cohort.num_students > 1 else [exported.student_dir]
-            tiers, tier_predictors = export_tiers(self, exported.student_dir, output_dir) if self.args.export_formats else ([], {})
+            tiers, tier_predictors = export_tiers(self, exported.student_dir, output_dir, static_rows) if self.args.export_formats else ([], {})
             results.family = family_table(self, results, folders, output_dir, tiers, tier_predictors)
             results.tiers = tiers or None
             if cohort.teacher is not None:  # what the students last learned from, as it ended up

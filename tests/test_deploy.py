@@ -246,3 +246,31 @@ def test_the_inference_benchmark_times_a_runs_tiers_beside_its_family(tiers_run,
         row = rows[f"{exported}, {tier}"]
         assert row["batch_1_ms"] > 0 and row["texts_per_s"] > 0 and row["size_mb"] > 0 and 0 <= row["accuracy"] <= 1
     assert f"| {exported}, ONNX int8 |" in capsys.readouterr().out
+
+
+def test_the_static_students_targets_are_the_labels_then_the_teacher_or_else_the_cohorts_ensemble(tiny_model_dir, tokenizer, datasets, tmp_path):
+    from scipy.special import softmax
+
+    from nanonet_hf.deploy.tiers import static_training_rows
+
+    from .test_trainer import make_args, make_trainer
+
+    train, _ = datasets
+    labels = np.asarray(train["labels"])
+    labeled = labels >= 0
+    trainer = make_trainer(tiny_model_dir, tokenizer, make_args(tmp_path, teacher_temperature=2.0), train)
+    texts, targets, held_out = static_training_rows(trainer)
+    assert texts == list(train["text"]) and targets.shape == (len(texts), len(LABELS))
+    np.testing.assert_array_equal(targets[labeled], np.eye(len(LABELS))[labels[labeled]])  # the labels, one-hot
+    teacher = softmax(np.asarray(train["teacher_logits"])[~labeled] / 2.0, axis=-1)  # at the students' temperature
+    np.testing.assert_allclose(targets[~labeled], teacher, atol=1e-6)
+    assert not held_out[labeled].any() and held_out.sum() == max(1, int(0.1 * (~labeled).sum()))
+
+    # no cached teacher logits (an online teacher, or none): the cohort's ensemble, the mean of its students' softmax
+    plain = trainer.train_dataset.remove_columns("teacher_logits")
+    trainer = make_trainer(tiny_model_dir, tokenizer, make_args(tmp_path, lambda_kd=0.0, student_selection="ensemble"), plain)
+    _, targets, _ = static_training_rows(trainer)
+    from datasets import Dataset
+
+    cohort = trainer.predict(Dataset.from_dict({"text": list(plain["text"])})).predictions
+    np.testing.assert_allclose(targets[~labeled], softmax(cohort, axis=-1).mean(axis=1)[~labeled], atol=1e-5)

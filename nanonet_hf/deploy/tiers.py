@@ -30,10 +30,11 @@ def check_static_pool(formats: list[str], num_unlabeled: int) -> None:
                          "pool, and this run has no unlabeled rows: pass unlabeled_dataset (--unlabeled_file).")
 
 
-def export_tiers(trainer, student_dir: str, output_dir: str) -> tuple[list[dict], dict]:
+def export_tiers(trainer, student_dir: str, output_dir: str, static_rows: tuple | None = None) -> tuple[list[dict], dict]:
     """Write every format of `trainer.args.export_formats` for the exported student in `student_dir`; returns the
     tiers' rows (the PyTorch student first) and a predictor for each new tier (texts in, scores out), keyed by the
-    row's name, for the family table to time."""
+    row's name, for the family table to time. `static_rows` are the static student's ([`static_training_rows`],
+    computed by every process of a distributed run beforehand)."""
     args = trainer.args
     formats, label_names = args.export_formats, trainer.accelerator.unwrap_model(trainer.model).label_names
     eval_rows = first_eval(trainer.eval_dataset)
@@ -60,7 +61,7 @@ def export_tiers(trainer, student_dir: str, output_dir: str) -> tuple[list[dict]
                 row = _row(name, path, output_dir, check_rows=record["check_rows"], **check)
                 rows.append(scored(row, tier_predictor(row, output_dir, max_length=args.max_length)))
     if "static" in formats:
-        texts, targets, held_out = static_training_rows(trainer)
+        texts, targets, held_out = static_rows or static_training_rows(trainer)
         static, record = train_static_student(student_dir, texts, targets, label_names, held_out=held_out,
                                                 max_length=args.max_length, seed=args.seed)  # fmt: skip
         folder = os.path.join(output_dir, STATIC_DIR)
