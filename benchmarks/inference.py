@@ -36,6 +36,7 @@ from nanonet_hf.cohort import StudentCohort
 from nanonet_hf.data import load_builtin_dataset
 from nanonet_hf.deploy.tiers import tier_predictor
 from nanonet_hf.export import export_family
+from nanonet_hf.files import weights_mb
 from nanonet_hf.resources import resolve_model_path
 from nanonet_hf.results import RunResults
 from nanonet_hf.speed import classifier_predictor, cpu, measure_speed
@@ -87,7 +88,7 @@ def run(args, base_path: str, folder: str, run_dir: str | None = None) -> dict:
         model = AutoModelForSequenceClassification.from_pretrained(path).eval()
         name = f"student, {model.config.num_hidden_layers} layers"
         rows[name] = {"layers": model.config.num_hidden_layers, "parameters": model.num_parameters(),
-                      "accuracy": accuracy.get(path), "size_mb": _weights_mb(path)}  # fmt: skip
+                      "accuracy": accuracy.get(path), "size_mb": weights_mb(path)}  # fmt: skip
         predictors[name] = classifier_predictor(model, AutoTokenizer.from_pretrained(path), max_length=max_length)
     exported = f"student, {results.depths[results.chosen_student]} layers" if results else None
     for tier in (results.tiers or [])[1:] if results else []:  # the PyTorch student is its row above
@@ -112,10 +113,6 @@ def run(args, base_path: str, folder: str, run_dir: str | None = None) -> dict:
             row["speedup_batch_1"] = teacher["batch_1_ms"] / row["batch_1_ms"]
             row["speedup_batch_32"] = teacher["batch_32_ms"] / row["batch_32_ms"]
     return {"dataset": dataset, "max_length": max_length, "device": cpu(), "torch": torch.__version__, "rows": rows}
-
-
-def _weights_mb(folder: str) -> float:
-    return sum(os.path.getsize(os.path.join(folder, name)) for name in os.listdir(folder) if name.endswith(".safetensors")) / 1e6
 
 
 def markdown(result: dict) -> str:

@@ -96,6 +96,13 @@ def folder_parameters(path: str | os.PathLike) -> int | None:
     return total
 
 
+def weights_mb(path: str | os.PathLike) -> float:
+    """Megabytes of the weight files (`.safetensors`, `.onnx`) of a file, or directly in a folder (not its subfolders:
+    a student folder's `onnx/` is a tier of its own)."""
+    files = [os.path.join(path, name) for name in os.listdir(path)] if os.path.isdir(path) else [path]
+    return sum(os.path.getsize(file) for file in files if os.path.isfile(file) and str(file).endswith((".safetensors", ".onnx"))) / 1e6
+
+
 def last_complete_checkpoint(output_dir: str) -> str | None:
     """The newest `checkpoint-N` folder of `output_dir` that holds its trainer state and weights (Trainer writes the
     state last, so a run killed while saving leaves a folder without it), or `None`."""

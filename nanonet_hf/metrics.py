@@ -36,7 +36,8 @@ def classification_metrics(predictions: np.ndarray, labels: np.ndarray, num_clas
     return {"accuracy": float(scores["accuracy"]), "macro_f1": float(scores["macro_f1"])}
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Probabilities over the last axis of `logits`."""
     shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
     return shifted / shifted.sum(axis=-1, keepdims=True)
 
@@ -44,7 +45,7 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 def ensemble_log_probs(logits: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
     """The ensemble of several models' predictions `[N, M, C]` (logits or log-probabilities): the log of their
     probabilities' (weighted) mean, `[N, C]`. The one definition of an ensemble: of the students and of teachers."""
-    probabilities = _softmax(np.asarray(logits, dtype=np.float64))
+    probabilities = softmax(np.asarray(logits, dtype=np.float64))
     weights = np.full(probabilities.shape[1], 1 / probabilities.shape[1]) if weights is None else np.asarray(weights, dtype=np.float64)
     return np.log(np.clip(np.einsum("nmc,m->nc", probabilities, weights / weights.sum()), 1e-12, None))
 

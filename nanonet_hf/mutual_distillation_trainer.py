@@ -174,7 +174,7 @@ class MutualDistillationTrainer(Trainer):
                 "rows (labels -100, after the labeled ones: nanonet_hf.data.training_dataset)."
             )
         if train_dataset is not None:  # a static student learns from the teacher's labels of the pool
-            check_static_pool(args.export_formats, len(self.unlabeled) if raw else int((np.asarray(train_dataset["labels"]) < 0).sum()))
+            check_static_pool(args.export_formats, len(self.unlabeled) if raw else len(train_dataset) - num_labeled(train_dataset))
         id2label = dict(enumerate(label_names)) if raw else None
 
         # ---- model: one source of truth for K, layers and adapters ----

@@ -17,7 +17,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
 from .data import dataset_info, num_labeled
-from .files import write_json
+from .files import weights_mb, write_json
 from .metrics import classification_metrics
 from .speed import classifier_predictor, cpu, measure_speed
 
@@ -236,7 +236,7 @@ def family_table(
         rows.append({
             "name": f"student {k}", "student": k, "layers": cohort.depths[k], "layer_indices": cohort.student_layers[k],
             "parameters": model.num_parameters(), "accuracy": scores.get("accuracy"), "macro_f1": scores.get("macro_f1"),
-            "dir": os.path.relpath(folder, output_dir), "size_mb": _weights_mb(folder),
+            "dir": os.path.relpath(folder, output_dir), "size_mb": weights_mb(folder),
         })  # fmt: skip
         predictors[rows[-1]["name"]] = classifier_predictor(model, AutoTokenizer.from_pretrained(folder), max_length=max_length)
     online, teacher = cohort.teacher, trainer.teacher
@@ -379,10 +379,6 @@ def first_eval(eval_dataset):
 
 def _model_size(model: PreTrainedModel) -> dict:
     return {"layers": model.config.num_hidden_layers, "parameters": model.num_parameters()}
-
-
-def _weights_mb(folder: str) -> float:
-    return sum(os.path.getsize(os.path.join(folder, name)) for name in os.listdir(folder) if name.endswith(".safetensors")) / 1e6
 
 
 def _speed_texts(eval_dataset, train_dataset) -> list[str]:

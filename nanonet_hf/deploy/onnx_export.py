@@ -70,7 +70,7 @@ class OnnxClassifier:
 def export_onnx(student_dir: str, check_texts: list[str], *, int8: bool, max_length: int) -> dict:
     """Write `student_dir/onnx/model.onnx` (and with `int8`, `model_quantized.onnx`) from the plain transformers
     student in `student_dir`, checked against it on `check_texts` (held-out rows; the first `CHECK_ROWS`). Returns the
-    record of the checks: the largest fp32 logit difference, the int8 agreement, the files' sizes.
+    record of the checks: the largest fp32 logit difference, the int8 agreement.
 
     Raises [`OnnxExportError`] naming the architecture when the exporter cannot take it, and when a check fails;
     nothing is left in `student_dir/onnx` then (the folder is written whole in a temporary sibling)."""

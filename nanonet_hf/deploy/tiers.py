@@ -11,8 +11,9 @@ import numpy as np
 from datasets import Dataset
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from ..files import atomic_directory
-from ..metrics import classification_metrics
+from ..data import num_labeled
+from ..files import atomic_directory, weights_mb
+from ..metrics import classification_metrics, ensemble_log_probs, softmax
 from ..results import first_eval
 from ..speed import classifier_predictor
 from .onnx_export import FP32_FILE, INT8_FILE, ONNX_DIR, OnnxClassifier, export_onnx
@@ -51,15 +52,14 @@ def export_tiers(trainer, student_dir: str, output_dir: str, static_rows: tuple 
         return row
 
     if "onnx" in formats or "onnx-int8" in formats:
-        check_texts = eval_texts or _pool_texts(trainer.train_dataset)
+        check_texts = eval_texts or list(trainer.train_dataset["text"])[num_labeled(trainer.train_dataset) :]  # the pool
         record = export_onnx(student_dir, check_texts, int8="onnx-int8" in formats, max_length=args.max_length)
-        folder = os.path.join(student_dir, ONNX_DIR)
-        for name, file in (("onnx", FP32_FILE), ("onnx-int8", INT8_FILE)):
-            if name in formats or name == "onnx":  # the int8 model is quantized from the fp32 one, which is kept
-                path = os.path.join(folder, file)
-                check = {key: value for key, value in record.items() if key.startswith("int8" if name == "onnx-int8" else "fp32")}
-                row = _row(name, path, output_dir, check_rows=record["check_rows"], **check)
-                rows.append(scored(row, tier_predictor(row, output_dir, max_length=args.max_length)))
+        written = [("onnx", FP32_FILE, "fp32")]  # the int8 model is quantized from the fp32 one, which is kept
+        written += [("onnx-int8", INT8_FILE, "int8")] if "onnx-int8" in formats else []
+        for name, file, kind in written:
+            check = {key: value for key, value in record.items() if key.startswith(kind)}
+            row = _row(name, os.path.join(student_dir, ONNX_DIR, file), output_dir, check_rows=record["check_rows"], **check)
+            rows.append(scored(row, tier_predictor(row, output_dir, max_length=args.max_length)))
     if "static" in formats:
         texts, targets, held_out = static_rows or static_training_rows(trainer)
         static, record = train_static_student(student_dir, texts, targets, label_names, held_out=held_out,
@@ -104,11 +104,9 @@ def static_training_rows(trainer) -> tuple[list[str], np.ndarray, np.ndarray]:
     texts, labels = list(rows["text"]), np.asarray(rows["labels"])
     labeled = labels >= 0
     if "teacher_logits" in rows.column_names:
-        logits = np.asarray(rows["teacher_logits"], dtype=np.float64) / trainer.teacher_temperature
-        probabilities = _softmax(logits)
+        probabilities = softmax(np.asarray(rows["teacher_logits"], dtype=np.float64) / trainer.teacher_temperature)
     else:  # no offline teacher: the cohort's ensemble on the unlabeled rows
-        cohort_logits = trainer.predict(Dataset.from_dict({"text": texts})).predictions  # [N, K, C]
-        probabilities = _softmax(np.asarray(cohort_logits, dtype=np.float64)).mean(axis=1)
+        probabilities = np.exp(ensemble_log_probs(trainer.predict(Dataset.from_dict({"text": texts})).predictions))
     targets = np.where(labeled[:, None], np.eye(num_labels)[np.where(labeled, labels, 0)], probabilities)
     held_out = np.zeros(len(texts), dtype=bool)
     pool = np.flatnonzero(~labeled)
@@ -117,17 +115,5 @@ def static_training_rows(trainer) -> tuple[list[str], np.ndarray, np.ndarray]:
     return texts, targets.astype(np.float32), held_out
 
 
-def _pool_texts(rows: Dataset) -> list[str]:
-    labels = np.asarray(rows["labels"])
-    return [text for text, label in zip(rows["text"], labels) if label < 0]
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return shifted / shifted.sum(axis=-1, keepdims=True)
-
-
 def _row(tier: str, path: str, output_dir: str, **extra) -> dict:
-    files = [os.path.join(path, name) for name in os.listdir(path)] if os.path.isdir(path) else [path]
-    size = sum(os.path.getsize(file) for file in files if os.path.isfile(file) and file.endswith((".safetensors", ".onnx")))
-    return {"name": TIER_NAMES[tier], "format": tier, "path": os.path.relpath(path, output_dir), "size_mb": size / 1e6, **extra}
+    return {"name": TIER_NAMES[tier], "format": tier, "path": os.path.relpath(path, output_dir), "size_mb": weights_mb(path), **extra}

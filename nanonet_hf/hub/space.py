@@ -40,8 +40,8 @@ def write_space(
     user pick the model (a family of students of different depths); `model_id` is the one picked first.
 
     `tier` is what serves the texts: `"pytorch"` (the transformers pipeline), `"onnx"` / `"onnx-int8"` (the student's
-    ONNX graph, pushed with it when the run exported it) or `"static"` (its Model2Vec student, pushed as `static/`):
-    a run's fastest tier is the last row of its `results.json` `tiers`.
+    ONNX graph, pushed with it when the run exported it) or `"static"` (its Model2Vec student, pushed as `static/`);
+    [`nanonet_hf.deploy.tiers.fastest_tier`] names a run's fastest at batch 1.
 
     The folder is built in a temporary sibling and moved into place: an existing `space_dir` is replaced whole.
     """
